@@ -1,0 +1,5 @@
+"""The `pulsarfunc` command."""
+
+
+def main() -> int:
+    return 0

@@ -1,0 +1,163 @@
+"""FunctionConfig: everything an instance needs, resolved once and frozen.
+
+Precedence, resolved in one place (`resolve`): flags > PULSARFUNC_* env vars > config file
+(function-config YAML or FunctionDetails JSON) > defaults. Nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+class ProcessingGuarantee(enum.Enum):
+    """When an input is acknowledged (Pulsar's ProcessingGuarantees, same names)."""
+
+    ATLEAST_ONCE = "ATLEAST_ONCE"  # ack once every output of the message is persisted
+    ATMOST_ONCE = "ATMOST_ONCE"  # ack on receipt, before the handler runs
+    EFFECTIVELY_ONCE = "EFFECTIVELY_ONCE"  # at-least-once + broker dedup by sequence id
+    MANUAL = "MANUAL"  # the handler calls context.ack()
+
+
+class SubscriptionType(enum.Enum):
+    """Pulsar subscription types (Function.proto has the first three; EXCLUSIVE is ours)."""
+
+    SHARED = "SHARED"
+    FAILOVER = "FAILOVER"
+    KEY_SHARED = "KEY_SHARED"
+    EXCLUSIVE = "EXCLUSIVE"
+
+
+class SubscriptionPosition(enum.Enum):
+    """Where a new subscription starts."""
+
+    LATEST = "LATEST"
+    EARLIEST = "EARLIEST"
+
+
+class CompressionType(enum.Enum):
+    """Output compression (Pulsar's names)."""
+
+    NONE = "NONE"
+    LZ4 = "LZ4"
+    ZLIB = "ZLIB"
+    ZSTD = "ZSTD"
+    SNAPPY = "SNAPPY"
+
+
+class LogFormat(enum.Enum):
+    """How log records are written to stdout."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input: a topic, or a regex pattern of topics (Function.proto's ConsumerSpec)."""
+
+    topic: str
+    is_regex: bool = False
+    schema_type: str = ""  # Pulsar schema name, e.g. STRING; "" = raw bytes
+    serde_class_name: str = ""  # Pulsar Python serde class, e.g. serde.IdentitySerDe
+    receiver_queue_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """How outputs (and context.publish) are produced."""
+
+    batching: bool = True
+    batching_max_publish_delay_ms: int = 10
+    batching_max_messages: int = 1000
+    compression: CompressionType = CompressionType.LZ4
+    max_pending_messages: int = 10000
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Broker authentication and TLS."""
+
+    token: str | None = None  # JWT for token authentication
+    plugin: str | None = None  # Pulsar auth plugin class name, with `params`
+    params: str | None = None
+    tls_trust_certs_file: str | None = None
+    tls_allow_insecure: bool = False
+    tls_hostname_verification: bool = False
+
+
+def _frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """One function instance's configuration; built once by `resolve`, then passed in."""
+
+    # identity (PIP-32 getters)
+    tenant: str = "public"
+    namespace: str = "default"
+    name: str = ""  # "" = derived from the handler's name at start-up
+    function_id: str = ""  # "" = derived (uuid5 of the fully qualified name)
+    function_version: str = ""
+    instance_id: int = 0
+    cluster_name: str = "standalone"
+
+    # broker
+    service_url: str = "pulsar://localhost:6650"
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+    # inputs
+    inputs: tuple[InputSpec, ...] = ()
+    subscription: str = ""  # "" = Pulsar's default "tenant/namespace/name"
+    subscription_type: SubscriptionType = SubscriptionType.SHARED
+    subscription_position: SubscriptionPosition = SubscriptionPosition.LATEST
+    receiver_queue_size: int = 1000
+
+    # outputs
+    output: str = ""  # "" = no output topic
+    output_schema_type: str = ""
+    output_serde_class_name: str = ""
+    producer: ProducerSettings = field(default_factory=ProducerSettings)
+    forward_source_message_property: bool = False
+    log_topic: str = ""
+
+    # processing
+    processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.ATLEAST_ONCE
+    retain_ordering: bool = False
+    retain_key_ordering: bool = False
+    concurrency: int = 1
+    max_message_retries: int | None = None  # None = retry forever (no dead-letter topic)
+    dead_letter_topic: str = ""  # "" = Pulsar's name "<input>-<subscription>-DLQ" when retries set
+    redelivery_delay_ms: int = 1000  # nack delay; Pulsar's 60 s default is too slow for a function
+    timeout_ms: int | None = None  # handler timeout per message; None = no limit
+
+    # the function itself
+    user_config: Mapping[str, Any] = field(default_factory=_frozen_map)
+    secrets: Mapping[str, Any] = field(default_factory=_frozen_map)
+    class_name: str = ""  # Pulsar's className / handler reference, e.g. "module.func"
+    py: str = ""  # Pulsar's `py`: path of the function file or package
+
+    # operations
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+    metrics_port: int | None = None
+    debug: bool = False
+
+    @property
+    def fqfn(self) -> str:
+        """Fully qualified function name, tenant/namespace/name."""
+        return f"{self.tenant}/{self.namespace}/{self.name}"
+
+    @property
+    def subscription_name(self) -> str:
+        """The subscription actually used (Pulsar's default when none is configured)."""
+        return self.subscription or self.fqfn
+
+    @property
+    def input_topics(self) -> tuple[str, ...]:
+        """Input topic names and patterns, in configuration order."""
+        return tuple(spec.topic for spec in self.inputs)
