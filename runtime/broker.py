@@ -1,0 +1,235 @@
+"""The Broker seam implemented with pulsar-client: the only module that talks to Pulsar.
+
+Inputs are grouped into at most two consumers on one subscription (plain topics in one,
+regex patterns in another, since pulsar-client subscribes to either a list or a pattern).
+Producers are created lazily, one per (topic, producer name), with sends that never time out
+(as Pulsar's own instance does) so a broker restart delays output instead of failing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pulsar
+
+from pulsarfunc.runtime.config import (
+    CompressionType,
+    FunctionConfig,
+    SubscriptionPosition,
+    SubscriptionType,
+)
+from pulsarfunc.runtime.errors import BrokerError, ConfigError
+from pulsarfunc.runtime.transport import InMessage, OutMessage, SendCallback, Source
+
+_log = logging.getLogger("pulsarfunc.broker")
+
+_CONSUMER_TYPES = {
+    SubscriptionType.SHARED: pulsar.ConsumerType.Shared,
+    SubscriptionType.FAILOVER: pulsar.ConsumerType.Failover,
+    SubscriptionType.KEY_SHARED: pulsar.ConsumerType.KeyShared,
+    SubscriptionType.EXCLUSIVE: pulsar.ConsumerType.Exclusive,
+}
+_COMPRESSION = {
+    CompressionType.NONE: pulsar.CompressionType.NONE,
+    CompressionType.LZ4: pulsar.CompressionType.LZ4,
+    CompressionType.ZLIB: pulsar.CompressionType.ZLib,
+    CompressionType.ZSTD: pulsar.CompressionType.ZSTD,
+    CompressionType.SNAPPY: pulsar.CompressionType.SNAPPY,
+}
+_RECEIVE_TIMEOUT_MS = 100  # how long a receive waits before the loop checks for shutdown
+
+
+def consumer_type(config: FunctionConfig) -> SubscriptionType:
+    """The subscription type actually used, by the rules of Pulsar's own instance."""
+    from pulsarfunc.runtime.config import ProcessingGuarantee
+
+    if (
+        config.retain_ordering
+        or config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
+    ):
+        if config.subscription_type is SubscriptionType.EXCLUSIVE:
+            return SubscriptionType.EXCLUSIVE
+        return SubscriptionType.FAILOVER
+    if config.retain_key_ordering:
+        return SubscriptionType.KEY_SHARED
+    return config.subscription_type
+
+
+class _Consumer:
+    """One pulsar-client consumer seen through the Source protocol."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+    def ack(self, message: InMessage) -> None:
+        self.consumer.acknowledge(message)
+
+    def nack(self, message: InMessage) -> None:
+        self.consumer.negative_acknowledge(message)
+
+    def receive(self, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
+        try:
+            first = self.consumer.receive(timeout_ms)
+        except pulsar.Timeout:
+            return ()
+        batch: list[InMessage] = [first]
+        # Drain what is already in the receiver queue without waiting again.
+        while len(batch) < max_messages:
+            try:
+                batch.append(self.consumer.receive(0))
+            except pulsar.Timeout:
+                break
+        return batch
+
+
+def _client_kwargs(config: FunctionConfig) -> dict[str, Any]:
+    auth = config.auth
+    kwargs: dict[str, Any] = {
+        "logger": logging.getLogger("pulsar.client"),
+        "operation_timeout_seconds": 30,
+    }
+    if auth.token:
+        kwargs["authentication"] = pulsar.AuthenticationToken(auth.token)
+    elif auth.plugin:
+        kwargs["authentication"] = pulsar.Authentication(auth.plugin, auth.params or "")
+    if auth.tls_trust_certs_file:
+        kwargs["tls_trust_certs_file_path"] = auth.tls_trust_certs_file
+    if auth.tls_allow_insecure:
+        kwargs["tls_allow_insecure_connection"] = True
+    if auth.tls_hostname_verification:
+        kwargs["tls_validate_hostname"] = True
+    return kwargs
+
+
+class PulsarBroker:
+    """A connected client with the function's consumers; producers on first use."""
+
+    def __init__(self, config: FunctionConfig) -> None:
+        self._config = config
+        self._producers: dict[tuple[str, str | None], Any] = {}
+        self._producers_lock = threading.Lock()
+        try:
+            self._client = pulsar.Client(config.service_url, **_client_kwargs(config))
+            self._sources = self._subscribe()
+        except pulsar.PulsarException as exc:
+            self.close()
+            raise BrokerError(
+                f"cannot subscribe to {', '.join(config.input_topics)} at {config.service_url}: "
+                f"{exc}",
+                "check --service-url, that the broker is up, and the credentials",
+            ) from exc
+
+    @property
+    def sources(self) -> Sequence[_Consumer]:
+        return self._sources
+
+    def _subscribe(self) -> list[_Consumer]:
+        config = self._config
+        common: dict[str, Any] = {
+            "subscription_name": config.subscription_name,
+            "consumer_type": _CONSUMER_TYPES[consumer_type(config)],
+            "receiver_queue_size": config.receiver_queue_size,
+            "negative_ack_redelivery_delay_ms": config.redelivery_delay_ms,
+            "initial_position": (
+                pulsar.InitialPosition.Earliest
+                if config.subscription_position is SubscriptionPosition.EARLIEST
+                else pulsar.InitialPosition.Latest
+            ),
+            "properties": {"fqfn": config.fqfn, "instance_id": str(config.instance_id)},
+            "pattern_auto_discovery_period": 1,
+        }
+        topics = [spec.topic for spec in config.inputs if not spec.is_regex]
+        patterns = [spec.topic for spec in config.inputs if spec.is_regex]
+        consumers = []
+        if topics:
+            consumers.append(_Consumer(self._client.subscribe(topics, **common)))
+        if patterns:
+            try:
+                regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+            except re.error as exc:
+                raise ConfigError(f"invalid topics pattern {patterns}: {exc}") from exc
+            consumers.append(_Consumer(self._client.subscribe(regex, **common)))
+        return consumers
+
+    def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
+        assert isinstance(source, _Consumer)
+        return source.receive(max_messages, min(timeout_ms, _RECEIVE_TIMEOUT_MS))
+
+    def _producer(self, topic: str, name: str | None) -> Any:
+        key = (topic, name)
+        producer = self._producers.get(key)
+        if producer is not None:
+            return producer
+        with self._producers_lock:
+            producer = self._producers.get(key)
+            if producer is None:
+                settings = self._config.producer
+                producer = self._client.create_producer(
+                    topic,
+                    producer_name=name,
+                    block_if_queue_full=True,
+                    send_timeout_millis=0,
+                    batching_enabled=settings.batching and name is None,
+                    batching_max_publish_delay_ms=settings.batching_max_publish_delay_ms,
+                    batching_max_messages=settings.batching_max_messages,
+                    batching_type=(
+                        pulsar.BatchingType.KeyBased
+                        if self._config.retain_key_ordering
+                        else pulsar.BatchingType.Default
+                    ),
+                    compression_type=_COMPRESSION[settings.compression],
+                    max_pending_messages=settings.max_pending_messages,
+                    properties={"fqfn": self._config.fqfn},
+                )
+                self._producers[key] = producer
+        return producer
+
+    def send(self, message: OutMessage, callback: SendCallback) -> None:
+        def done(result: Any, _msg_id: Any) -> None:
+            # An exception escaping a pulsar-client callback kills the process: never raise.
+            try:
+                if result == pulsar.Result.Ok:
+                    callback(None)
+                else:
+                    callback(BrokerError(f"send to {message.topic} failed: {result}"))
+            except Exception:  # pragma: no cover - defensive
+                _log.exception("send callback failed")
+
+        try:
+            producer = self._producer(message.topic, message.producer_name)
+            producer.send_async(
+                message.payload,
+                done,
+                properties=dict(message.properties) if message.properties else None,
+                partition_key=message.key,
+                sequence_id=message.sequence_id,
+                event_timestamp=message.event_timestamp,
+            )
+        except Exception as exc:
+            callback(BrokerError(f"cannot send to {message.topic}: {exc}"))
+
+    def flush(self) -> None:
+        for producer in list(self._producers.values()):
+            try:
+                producer.flush()
+            except pulsar.PulsarException as exc:
+                _log.warning("flush of %s failed: %s", producer.topic(), exc)
+
+    def close(self) -> None:
+        for source in getattr(self, "_sources", []):
+            try:
+                source.consumer.close()
+            except pulsar.PulsarException as exc:
+                _log.debug("consumer close: %s", exc)
+        for producer in list(self._producers.values()):
+            try:
+                producer.close()
+            except pulsar.PulsarException as exc:
+                _log.debug("producer close: %s", exc)
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()

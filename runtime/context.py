@@ -1,0 +1,314 @@
+"""The Context a function sees: identity, the current message, publish, ack, logger, metrics.
+
+One Context per message, so concurrent invocations never see each other's message.
+`current_context()` returns the active one from anywhere in the call (a contextvar), like
+PIP-32's `FromContext`. Pulsar's Python method names (`get_function_name`, ...) all work, and
+the class is a `pulsar.Context`, so code typed against Pulsar's API accepts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import logging
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pulsarfunc.runtime.compat import PulsarContext
+from pulsarfunc.runtime.config import FunctionConfig
+from pulsarfunc.runtime.errors import PulsarFuncError, UserError
+from pulsarfunc.runtime.transport import InMessage, MessageId
+
+
+class Services(Protocol):
+    """What a Context needs from the running instance (the instance implements it)."""
+
+    def publish(
+        self,
+        owner: Any,
+        topic: str,
+        payload: bytes,
+        key: str | None,
+        properties: Mapping[str, str] | None,
+        event_timestamp: int | None,
+    ) -> concurrent.futures.Future[None]: ...
+
+    def ack(self, owner: Any) -> None: ...
+
+    def record_metric(self, name: str, value: float) -> None: ...
+
+
+class SecretsProvider(Protocol):
+    """Looks up a secret by name; None when there is no such secret."""
+
+    def __call__(self, name: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class FunctionEnv:
+    """What every Context of one instance shares."""
+
+    config: FunctionConfig
+    services: Services
+    logger: logging.Logger
+    secrets: SecretsProvider
+
+
+_current: ContextVar[Context | None] = ContextVar("pulsarfunc_context", default=None)
+
+
+def current_context() -> Context:
+    """The Context of the message being processed in this call chain."""
+    ctx = _current.get()
+    if ctx is None:
+        raise PulsarFuncError(
+            "current_context() was called outside a function invocation",
+            "call it from the handler or from code the handler calls",
+        )
+    return ctx
+
+
+def _message_sequence_id(message_id: MessageId) -> int:
+    """Pulsar's effectively-once sequence id: (ledger id << 28) | entry id."""
+    return (message_id.ledger_id() << 28) | message_id.entry_id()
+
+
+class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no type hints
+    """The function's view of itself and of the message it is processing."""
+
+    __slots__ = ("_env", "_message", "_owner")
+
+    def __init__(self, env: FunctionEnv, message: InMessage | None, owner: Any = None) -> None:
+        self._env = env
+        self._message = message
+        self._owner = owner
+
+    # -- identity (PIP-32) -------------------------------------------------------------
+    @property
+    def tenant(self) -> str:
+        return self._env.config.tenant
+
+    @property
+    def namespace(self) -> str:
+        return self._env.config.namespace
+
+    @property
+    def function_name(self) -> str:
+        return self._env.config.name
+
+    @property
+    def function_id(self) -> str:
+        return self._env.config.function_id
+
+    @property
+    def function_version(self) -> str:
+        return self._env.config.function_version
+
+    @property
+    def instance_id(self) -> int:
+        return self._env.config.instance_id
+
+    @property
+    def cluster_name(self) -> str:
+        return self._env.config.cluster_name
+
+    @property
+    def input_topics(self) -> list[str]:
+        return list(self._env.config.input_topics)
+
+    @property
+    def output_topic(self) -> str:
+        return self._env.config.output
+
+    @property
+    def user_config(self) -> Mapping[str, Any]:
+        return self._env.config.user_config
+
+    def user_config_value(self, key: str, default: Any = None) -> Any:
+        return self._env.config.user_config.get(key, default)
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._env.logger
+
+    # -- the current message -------------------------------------------------------------
+    @property
+    def message(self) -> InMessage:
+        """The message being processed (pulsar-client's Message interface)."""
+        if self._message is None:
+            raise PulsarFuncError("this Context has no current message")
+        return self._message
+
+    @property
+    def message_id(self) -> MessageId:
+        return self.message.message_id()
+
+    @property
+    def message_key(self) -> str | None:
+        return self.message.partition_key() or None
+
+    @property
+    def message_properties(self) -> dict[str, str]:
+        return dict(self.message.properties())
+
+    @property
+    def message_event_time(self) -> int | None:
+        """Event time in epoch ms, None when the producer set none."""
+        return self.message.event_timestamp() or None
+
+    @property
+    def message_topic(self) -> str:
+        return self.message.topic_name()
+
+    @property
+    def redelivery_count(self) -> int:
+        return self.message.redelivery_count()
+
+    # -- actions ---------------------------------------------------------------------------
+    def publish(
+        self,
+        topic_name: str,
+        message: Any,
+        serde_class_name: str | None = None,
+        properties: Mapping[str, str] | None = None,
+        compression_type: Any = None,
+        callback: Any = None,
+        message_conf: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+    ) -> concurrent.futures.Future[None]:
+        """Publish `message` to `topic_name`; under at-least-once the input waits for it.
+
+        The value is encoded by its type (bytes, str, JSON) unless a Pulsar serde class is
+        named. Returns a future that completes when the broker has persisted the message.
+        """
+        from pulsarfunc.runtime import codec
+
+        del compression_type  # the producer's compression applies to every message
+        conf = dict(message_conf or {})
+        enc = codec.pulsar_serde(serde_class_name) if serde_class_name else codec.AUTO
+        props = dict(conf.get("properties") or {})
+        props.update(properties or {})
+        future = self._env.services.publish(
+            self._owner,
+            topic_name,
+            enc.encode(message),
+            key if key is not None else conf.get("partition_key"),
+            props or None,
+            conf.get("event_timestamp"),
+        )
+        if callback is not None:
+            future.add_done_callback(lambda f: callback(f.exception(), None))
+        return future
+
+    def ack(self, msgid: Any = None, topic: Any = None) -> None:
+        """Acknowledge the current message (MANUAL processing guarantee)."""
+        del msgid, topic  # Pulsar's signature; the current message is the one acknowledged
+        self._env.services.ack(self._owner)
+
+    def record_metric(self, metric_name: str, metric_value: float) -> None:
+        self._env.services.record_metric(metric_name, float(metric_value))
+
+    def secret(self, name: str) -> str | None:
+        """A secret by name (from the configured secrets map, env vars or files)."""
+        return self._env.secrets(name)
+
+    # -- Pulsar's Python Context names ----------------------------------------------------
+    def get_function_tenant(self) -> str:
+        return self.tenant
+
+    def get_function_namespace(self) -> str:
+        return self.namespace
+
+    def get_function_name(self) -> str:
+        return self.function_name
+
+    def get_function_id(self) -> str:
+        return self.function_id
+
+    def get_function_version(self) -> str:
+        return self.function_version
+
+    def get_instance_id(self) -> int:
+        return self.instance_id
+
+    def get_cluster_name(self) -> str:
+        return self.cluster_name
+
+    def get_input_topics(self) -> list[str]:
+        return self.input_topics
+
+    def get_output_topic(self) -> str:
+        return self.output_topic
+
+    def get_output_serde_class_name(self) -> str:
+        return self._env.config.output_serde_class_name
+
+    def get_user_config_value(self, key: str) -> Any:
+        return self.user_config_value(key)
+
+    def get_user_config_map(self) -> dict[str, Any]:
+        return dict(self.user_config)
+
+    def get_logger(self) -> logging.Logger:
+        return self.logger
+
+    def get_secret(self, secret_name: str) -> str | None:
+        return self.secret(secret_name)
+
+    def get_message_id(self) -> MessageId:
+        return self.message_id
+
+    def get_message_key(self) -> str | None:
+        return self.message_key
+
+    def get_message_eventtime(self) -> int | None:
+        return self.message_event_time
+
+    def get_message_properties(self) -> dict[str, str]:
+        return self.message_properties
+
+    def get_current_message_topic_name(self) -> str:
+        return self.message_topic
+
+    def get_partition_key(self) -> str | None:
+        return self.message_key
+
+    def get_ordering_key(self) -> str | None:
+        return self.message.ordering_key() or None
+
+    def get_message_sequence_id(self) -> int:
+        return _message_sequence_id(self.message_id)
+
+    def get_message_partition_index(self) -> int:
+        return self.message_id.partition()
+
+    def get_redelivery_count(self) -> int:
+        return self.redelivery_count
+
+    # -- managed state: needs Pulsar's stream storage, which pulsarfunc does not run ------
+    def _no_state(self, *_: Any) -> Any:
+        raise UserError(
+            "function state (put_state/get_state/counters) is not supported by pulsarfunc",
+            "keep state in a topic, a compacted topic, or an external store",
+        )
+
+    incr_counter = get_counter = del_counter = put_state = get_state = _no_state
+
+
+def input_properties(message: InMessage) -> dict[str, str]:
+    """The properties Pulsar's instance stamps on every output: where it came from."""
+    msg_id = base64.b64encode(message.message_id().serialize()).decode("ascii")
+    return {"__pfn_input_topic__": message.topic_name(), "__pfn_input_msg_id__": msg_id}
+
+
+def bind(ctx: Context) -> Any:
+    """Make `ctx` the current context; returns the token to `unbind` it."""
+    return _current.set(ctx)
+
+
+def unbind(token: Any) -> None:
+    """Restore the context that was current before `bind`."""
+    _current.reset(token)

@@ -1,0 +1,488 @@
+"""The instance loop: receive, decode, invoke, send, then settle each message by its guarantee.
+
+    receiver thread per source --batch--> dispatch (inline | worker threads | event loop)
+        decode -> Context -> handler -> encode -> broker.send (async, callback)
+    settle: when the handler is done and every send of the message is persisted
+        success -> ack (ATLEAST_ONCE, EFFECTIVELY_ONCE); MANUAL leaves it to context.ack()
+        failure -> nack for redelivery, or after the last retry -> dead-letter topic, then ack
+
+Many messages are in flight at once (bounded by `max_in_flight`); nothing on the hot path waits
+for a broker round trip. The broker is passed in, so unit tests drive this with a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pulsarfunc.runtime import context as ctxmod
+from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee, SubscriptionType
+from pulsarfunc.runtime.context import Context, FunctionEnv, SecretsProvider
+from pulsarfunc.runtime.errors import PayloadError
+from pulsarfunc.runtime.handler import Handler
+from pulsarfunc.runtime.metrics import Metrics
+from pulsarfunc.runtime.naming import dead_letter_topic, effectively_once_producer
+from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
+
+_log = logging.getLogger("pulsarfunc.instance")
+
+_RECEIVE_TIMEOUT_MS = 100
+_LOCAL_ATTEMPTS_MAX = 100_000  # bound of the in-memory retry counter (see _attempts)
+
+
+class _Work:
+    """One message's bookkeeping from receipt to ack/nack."""
+
+    __slots__ = ("acked", "error", "msg", "pending", "settled", "source", "started")
+
+    def __init__(self, source: Source, msg: InMessage) -> None:
+        self.source = source
+        self.msg = msg
+        self.pending = 1  # the handler itself; each tracked send adds one
+        self.error: BaseException | None = None
+        self.settled = False
+        self.acked = False
+        self.started = time.perf_counter()
+
+
+def _error_reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:1000]
+
+
+class Instance:
+    """Runs one function instance until `stop()`; see the module docstring for the flow."""
+
+    def __init__(
+        self,
+        config: FunctionConfig,
+        handler: Handler,
+        broker: Broker,
+        *,
+        secrets: SecretsProvider | None = None,
+        metrics: Metrics | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.broker = broker
+        self.metrics = metrics or Metrics()
+        self.env = FunctionEnv(
+            config=config,
+            services=self,
+            logger=logger or logging.getLogger(f"pulsarfunc.function.{config.name}"),
+            secrets=secrets or (lambda name: None),
+        )
+        self._guarantee = config.processing_guarantee
+        self._track_sends = self._guarantee is not ProcessingGuarantee.ATMOST_ONCE
+        self._ordered = (
+            config.retain_ordering or self._guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
+        )
+        self.concurrency = 1 if self._ordered else max(1, config.concurrency)
+        if self._ordered and config.concurrency > 1:
+            _log.warning(
+                "concurrency %d lowered to 1: retain-ordering/effectively-once keep input order",
+                config.concurrency,
+            )
+        self._keyed = config.retain_key_ordering or config.subscription_type is (
+            SubscriptionType.KEY_SHARED
+        )
+        self.max_in_flight = max(config.receiver_queue_size, 2 * self.concurrency)
+        self._slots = threading.Semaphore(self.max_in_flight)
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._attempts: OrderedDict[bytes, int] = OrderedDict()
+        self._threads: list[threading.Thread] = []
+        self._queues: list[queue.SimpleQueue[tuple[Source, InMessage] | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._async_sem: asyncio.Semaphore | None = None
+        self._key_tails: dict[str, asyncio.Future[None]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(
+        self, *, ready: Callable[[], None] | None = None, drain_timeout_s: float = 30.0
+    ) -> None:
+        """Process until `stop()`, then drain what is in flight, flush and return."""
+        dispatch = self._start_dispatch()
+        receivers = [
+            threading.Thread(
+                target=self._receive_loop, args=(src, dispatch), name=f"pf-recv-{i}", daemon=True
+            )
+            for i, src in enumerate(self.broker.sources)
+        ]
+        for t in receivers:
+            t.start()
+        if ready is not None:
+            ready()
+        while not self._stopping.wait(0.2):
+            pass
+        for t in receivers:
+            t.join()
+        self._stop_dispatch()
+        self.wait_idle(drain_timeout_s)
+        self.broker.flush()
+
+    def stop(self) -> None:
+        """Stop receiving; `run` then drains and returns."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no message is in flight; False if the deadline passed first."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    _log.warning("%d messages still in flight at shutdown", self._in_flight)
+                    return False
+                self._idle.wait(left)
+        return True
+
+    # -- receiving and dispatch ------------------------------------------------------------
+    def _receive_loop(self, source: Source, dispatch: Callable[[Source, InMessage], None]) -> None:
+        batch_max = max(1, min(self.max_in_flight, 1000))
+        while not self._stopping.is_set():
+            try:
+                batch = self.broker.receive(source, batch_max, _RECEIVE_TIMEOUT_MS)
+            except Exception as exc:
+                self.metrics.note_system_exception()
+                _log.warning("receive failed, retrying: %s", exc)
+                time.sleep(0.5)
+                continue
+            if not batch:
+                continue
+            self.metrics.note_received(len(batch))
+            for i, msg in enumerate(batch):
+                while not self._slots.acquire(timeout=0.2):
+                    if self._stopping.is_set():
+                        for undelivered in batch[i:]:
+                            source.nack(undelivered)  # redelivered to whoever runs next
+                        return
+                with self._lock:
+                    self._in_flight += 1
+                if self._guarantee is ProcessingGuarantee.ATMOST_ONCE:
+                    source.ack(msg)
+                dispatch(source, msg)
+
+    def _start_dispatch(self) -> Callable[[Source, InMessage], None]:
+        if self.handler.is_async:
+            return self._start_event_loop()
+        if self.concurrency == 1 and len(self.broker.sources) == 1:
+            return self._process_sync  # inline in the receiver thread: no hand-off at all
+        workers = self.concurrency
+        nqueues = workers if self._keyed else 1
+        self._queues = [queue.SimpleQueue() for _ in range(nqueues)]
+        for i in range(workers):
+            q = self._queues[i % nqueues]
+            t = threading.Thread(target=self._worker, args=(q,), name=f"pf-work-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if nqueues == 1:
+            only = self._queues[0]
+            return lambda source, msg: only.put((source, msg))
+        return lambda source, msg: self._queues[hash(msg.partition_key()) % nqueues].put(
+            (source, msg)
+        )
+
+    def _worker(self, q: queue.SimpleQueue[tuple[Source, InMessage] | None]) -> None:
+        while (item := q.get()) is not None:
+            self._process_sync(*item)
+
+    def _stop_dispatch(self) -> None:
+        for q in self._queues:
+            for _ in range(self.concurrency):
+                q.put(None)
+        for t in self._threads:
+            t.join()
+        if self._loop is not None:
+            loop = self._loop
+            asyncio.run_coroutine_threadsafe(self._drain_async(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+
+    # -- processing ------------------------------------------------------------------------
+    def _decode(self, work: _Work) -> tuple[Context, Any]:
+        value = self.handler.input_codec.decode(work.msg.data())
+        return Context(self.env, work.msg, work), value
+
+    def _process_sync(self, source: Source, msg: InMessage) -> None:
+        work = _Work(source, msg)
+        try:
+            ctx, value = self._decode(work)
+            token = ctxmod.bind(ctx)
+            try:
+                result = self.handler.call(ctx, value)
+                outputs: Iterable[Any] = (
+                    result if self.handler.yields else () if result is None else (result,)
+                )
+                for out in outputs:
+                    self._emit(work, out)
+            finally:
+                ctxmod.unbind(token)
+        except Exception as exc:
+            self._fail(work, exc)
+        self._release(work)
+
+    def _start_event_loop(self) -> Callable[[Source, InMessage], None]:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        started = threading.Event()
+
+        def run_loop() -> None:
+            asyncio.set_event_loop(loop)
+            self._async_sem = asyncio.Semaphore(self.concurrency)
+            loop.call_soon(started.set)
+            loop.run_forever()
+            loop.close()
+
+        t = threading.Thread(target=run_loop, name="pf-loop", daemon=True)
+        t.start()
+        started.wait()
+        self._loop_thread = t
+
+        def dispatch(source: Source, msg: InMessage) -> None:
+            loop.call_soon_threadsafe(self._spawn, source, msg)
+
+        return dispatch
+
+    def _spawn(self, source: Source, msg: InMessage) -> None:
+        work = _Work(source, msg)
+        key = msg.partition_key() if self._keyed else ""
+        previous = self._key_tails.get(key) if key else None
+        task = asyncio.ensure_future(self._process_async(work, previous))
+        if key:
+            self._key_tails[key] = task
+
+            def forget(t: asyncio.Future[None], key: str = key) -> None:
+                if self._key_tails.get(key) is t:
+                    del self._key_tails[key]
+
+            task.add_done_callback(forget)
+
+    async def _process_async(self, work: _Work, previous: asyncio.Future[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # same key: strictly one after the other
+        assert self._async_sem is not None
+        async with self._async_sem:
+            try:
+                ctx, value = self._decode(work)
+                token = ctxmod.bind(ctx)
+                try:
+                    result = self.handler.call(ctx, value)
+                    if self.handler.is_async_gen:
+                        async for out in result:
+                            self._emit(work, out)
+                    else:
+                        out = await result
+                        if out is not None:
+                            self._emit(work, out)
+                finally:
+                    ctxmod.unbind(token)
+            except Exception as exc:
+                self._fail(work, exc)
+        self._release(work)
+
+    async def _drain_async(self) -> None:
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending)
+
+    # -- outputs -----------------------------------------------------------------------------
+    def _emit(self, work: _Work, value: Any) -> None:
+        """Encode one output and send it to the output topic (if there is one)."""
+        if value is None or not self.config.output:
+            return
+        payload = self.handler.output_codec.encode(value)
+        msg = work.msg
+        props = ctxmod.input_properties(msg)
+        if self.config.forward_source_message_property:
+            props = {**msg.properties(), **props}
+        seq: int | None = None
+        producer: str | None = None
+        if self._guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE:
+            seq = ctxmod._message_sequence_id(msg.message_id())
+            producer = effectively_once_producer(
+                self.config.fqfn, self.config.instance_id, msg.topic_name()
+            )
+        self._send(
+            work,
+            OutMessage(
+                topic=self.config.output,
+                payload=payload,
+                key=msg.partition_key() or None,
+                properties=props,
+                event_timestamp=msg.event_timestamp() or None,
+                sequence_id=seq,
+                producer_name=producer,
+            ),
+        )
+
+    def _send(self, work: _Work | None, out: OutMessage) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        tracked = work is not None and self._track_sends and self._hold(work)
+
+        def done(error: Exception | None) -> None:
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+            if tracked:
+                assert work is not None
+                if error is not None:
+                    self._fail(work, error, user=False)
+                self._release(work)
+
+        self.broker.send(out, done)
+        return future
+
+    def _hold(self, work: _Work) -> bool:
+        with self._lock:
+            if work.settled:
+                return False
+            work.pending += 1
+            return True
+
+    # -- Services (what a Context calls) -------------------------------------------------------
+    def publish(
+        self,
+        owner: Any,
+        topic: str,
+        payload: bytes,
+        key: str | None,
+        properties: Mapping[str, str] | None,
+        event_timestamp: int | None,
+    ) -> concurrent.futures.Future[None]:
+        work = owner if isinstance(owner, _Work) else None
+        out = OutMessage(topic, payload, key, properties, event_timestamp)
+        return self._send(work, out)
+
+    def ack(self, owner: Any) -> None:
+        if isinstance(owner, _Work) and not owner.acked:
+            owner.acked = True
+            owner.source.ack(owner.msg)
+
+    def record_metric(self, name: str, value: float) -> None:
+        self.metrics.record(name, value)
+
+    # -- settling ----------------------------------------------------------------------------
+    def _fail(self, work: _Work, error: BaseException, *, user: bool | None = None) -> None:
+        if user is None:
+            user = not isinstance(error, PayloadError)
+        if user:
+            self.metrics.note_user_exception()
+        else:
+            self.metrics.note_system_exception()
+        with self._lock:
+            if work.error is None:
+                work.error = error
+        _log.warning(
+            "message %s from %s failed: %s",
+            work.msg.message_id(),
+            work.msg.topic_name(),
+            _error_reason(error),
+            exc_info=error if self.config.debug else None,
+        )
+
+    def _release(self, work: _Work) -> None:
+        """One part of the work (the handler or one send) is done; settle when all are."""
+        with self._lock:
+            work.pending -= 1
+            if work.pending or work.settled:
+                return
+            work.settled = True
+        try:
+            if work.error is None:
+                self._succeed(work)
+            else:
+                self._settle_failure(work, work.error)
+        except Exception:
+            _log.exception("cannot settle message %s", work.msg.message_id())
+        self._finished()
+
+    def _succeed(self, work: _Work) -> None:
+        self.metrics.note_processed((time.perf_counter() - work.started) * 1000.0)
+        self._attempts.pop(work.msg.message_id().serialize(), None)
+        if self._guarantee in (
+            ProcessingGuarantee.ATLEAST_ONCE,
+            ProcessingGuarantee.EFFECTIVELY_ONCE,
+        ):
+            work.source.ack(work.msg)
+
+    def _settle_failure(self, work: _Work, error: BaseException) -> None:
+        if self._guarantee is ProcessingGuarantee.ATMOST_ONCE or work.acked:
+            # Already acknowledged: no retry. Keep the message if a dead-letter topic is set.
+            if self.config.dead_letter_topic:
+                self._dead_letter(work, error, 1, ack=False)
+            return
+        attempts = self._count_attempt(work.msg)
+        limit = self.config.max_message_retries
+        if limit is None or attempts <= limit:
+            work.source.nack(work.msg)
+            return
+        self._dead_letter(work, error, attempts, ack=True)
+
+    def _count_attempt(self, msg: InMessage) -> int:
+        """Attempts so far: the broker's redelivery count, or our own where it keeps none.
+
+        Failover and exclusive subscriptions don't count redeliveries broker-side, so a local,
+        bounded counter keyed by message id backs the broker's count up.
+        """
+        key = msg.message_id().serialize()
+        with self._lock:
+            local = self._attempts.pop(key, 0) + 1
+            self._attempts[key] = local
+            if len(self._attempts) > _LOCAL_ATTEMPTS_MAX:
+                self._attempts.popitem(last=False)
+        return max(local, msg.redelivery_count() + 1)
+
+    def _dead_letter(self, work: _Work, error: BaseException, attempts: int, *, ack: bool) -> None:
+        msg = work.msg
+        topic = self.config.dead_letter_topic or dead_letter_topic(
+            msg.topic_name(), self.config.subscription_name
+        )
+        msg_id = str(msg.message_id())
+        props = {
+            **msg.properties(),
+            "REAL_TOPIC": msg.topic_name(),
+            "ORIGIN_MESSAGE_ID": msg_id,
+            "pulsarfunc.error.type": type(error).__name__,
+            "pulsarfunc.error.message": str(error)[:2000],
+            "pulsarfunc.attempts": str(attempts),
+            "pulsarfunc.function": self.config.fqfn,
+        }
+        out = OutMessage(topic, msg.data(), msg.partition_key() or None, props)
+
+        def done(send_error: Exception | None) -> None:
+            if send_error is None:
+                self.metrics.note_dead_lettered()
+                self._attempts.pop(msg.message_id().serialize(), None)
+                if ack:
+                    work.source.ack(msg)
+                _log.warning(
+                    "message %s dead-lettered to %s after %d attempts", msg_id, topic, attempts
+                )
+            else:
+                _log.error("dead-letter send to %s failed: %s", topic, send_error)
+                if ack:
+                    work.source.nack(msg)  # try again on redelivery
+
+        self.broker.send(out, done)
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()
+        self._slots.release()

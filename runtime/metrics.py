@@ -1,0 +1,86 @@
+"""In-process function metrics, counted the way Pulsar's instances count them.
+
+The instance loop only calls the `note_*` methods; exposition (Prometheus, with Pulsar's metric
+names) reads `snapshot()`. Counting is under one lock: increments come from worker threads and
+from the client's callback thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Summary:
+    """Count and sum of observed values (a Prometheus summary without quantiles)."""
+
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of every counter."""
+
+    received: int = 0
+    processed_successfully: int = 0
+    user_exceptions: int = 0
+    system_exceptions: int = 0
+    dead_lettered: int = 0
+    process_latency_ms: Summary = field(default_factory=Summary)
+    last_invocation_ms: int = 0
+    user_metrics: dict[str, Summary] = field(default_factory=dict)
+
+
+class Metrics:
+    """Thread-safe counters for one instance."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._s = Snapshot()
+
+    def note_received(self, count: int = 1) -> None:
+        with self._lock:
+            self._s.received += count
+            self._s.last_invocation_ms = int(time.time() * 1000)
+
+    def note_processed(self, latency_ms: float) -> None:
+        with self._lock:
+            self._s.processed_successfully += 1
+            self._s.process_latency_ms.observe(latency_ms)
+
+    def note_user_exception(self) -> None:
+        with self._lock:
+            self._s.user_exceptions += 1
+
+    def note_system_exception(self) -> None:
+        with self._lock:
+            self._s.system_exceptions += 1
+
+    def note_dead_lettered(self) -> None:
+        with self._lock:
+            self._s.dead_lettered += 1
+
+    def record(self, name: str, value: float) -> None:
+        with self._lock:
+            self._s.user_metrics.setdefault(name, Summary()).observe(value)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            s = self._s
+            return Snapshot(
+                s.received,
+                s.processed_successfully,
+                s.user_exceptions,
+                s.system_exceptions,
+                s.dead_lettered,
+                Summary(s.process_latency_ms.count, s.process_latency_ms.total),
+                s.last_invocation_ms,
+                {k: Summary(v.count, v.total) for k, v in s.user_metrics.items()},
+            )

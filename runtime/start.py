@@ -1,0 +1,153 @@
+"""`start(handler)`: validate the handler, connect, run until SIGTERM/SIGINT, drain, exit.
+
+Start-up errors surface before any connection is made: a bad handler or configuration is a
+`UserError` (exit code 2) with what was found and what to do; the broker refusing us is a
+`BrokerError` (exit code 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from pulsarfunc.runtime.config import FunctionConfig
+from pulsarfunc.runtime.errors import PulsarFuncError
+from pulsarfunc.runtime.handler import Handler, inspect_handler
+from pulsarfunc.runtime.logs import setup_logging
+from pulsarfunc.runtime.naming import function_id
+from pulsarfunc.runtime.secrets import SecretsMap
+
+_log = logging.getLogger("pulsarfunc")
+
+
+def _default_name(handler: Handler) -> str:
+    target = handler.target
+    name = getattr(target, "__name__", None) or type(target).__name__
+    return str(name).replace("_", "-").lower()
+
+
+def complete(config: FunctionConfig, handler: Handler) -> FunctionConfig:
+    """Fill what the configuration left to be derived: name and function id."""
+    name = config.name or _default_name(handler)
+    config = dataclasses.replace(config, name=name)
+    if not config.function_id:
+        config = dataclasses.replace(config, function_id=function_id(config.fqfn))
+    return config
+
+
+def run(
+    handler: object,
+    config: FunctionConfig,
+    *,
+    env: Mapping[str, str] | None = None,
+    where: str = "",
+    ready: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run `handler` as a function instance until stopped (signal or `stop` event)."""
+    from pulsarfunc.runtime.broker import PulsarBroker
+    from pulsarfunc.runtime.instance import Instance
+
+    spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
+    config = complete(config, spec)
+    setup_logging(config)
+    _log.info("starting %s: %s", config.fqfn, spec.describe())
+    broker = PulsarBroker(config)
+    try:
+        instance = Instance(config, spec, broker, secrets=SecretsMap(config.secrets, env or {}))
+        restore = _on_signals(instance.stop)
+        if stop is not None:
+
+            def stop_when_set() -> None:
+                stop.wait()
+                instance.stop()
+
+            threading.Thread(target=stop_when_set, daemon=True, name="pf-stop").start()
+        try:
+            _log.info(
+                "consuming %s as %s, output %s",
+                ", ".join(config.input_topics),
+                config.subscription_name,
+                config.output or "(none)",
+            )
+            instance.run(ready=ready)
+        finally:
+            restore()
+        snap = instance.metrics.snapshot()
+        _log.info(
+            "stopped: %d received, %d processed, %d user errors, %d dead-lettered",
+            snap.received,
+            snap.processed_successfully,
+            snap.user_exceptions,
+            snap.dead_lettered,
+        )
+    finally:
+        broker.close()
+
+
+def _on_signals(stop: Callable[[], None]) -> Callable[[], None]:
+    """Make SIGTERM and SIGINT stop the instance gracefully; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {
+        sig: signal.signal(sig, lambda _signo, _frame: stop())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def report(error: BaseException, *, debug: bool) -> int:
+    """Print a start-up error the way the command line shows it; returns the exit code."""
+    if isinstance(error, PulsarFuncError):
+        if debug:
+            traceback.print_exception(error)
+        print(f"pulsarfunc: error: {error}", file=sys.stderr)
+        return error.exit_code
+    traceback.print_exception(error)
+    return 1
+
+
+def main_with(
+    handler: object, argv: Sequence[str], env: Mapping[str, str], *, where: str = ""
+) -> int:
+    """A function program's main: resolve config from argv/env, run; returns the exit code."""
+    from pulsarfunc.runtime.config import resolve
+
+    debug = "--debug" in argv
+    try:
+        spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
+        config = resolve(argv, env)
+        run(spec, config, env=env, where=where)
+    except Exception as exc:
+        return report(exc, debug=debug)
+    return 0
+
+
+def start(handler: Any, config: FunctionConfig | None = None) -> None:
+    """Run `handler` as a Pulsar function.
+
+    Called with a config, it runs and raises on start-up errors. Called without one, it is a
+    program's main: flags come from `sys.argv`, `PULSARFUNC_*` from the environment, and the
+    process exits 0 after a graceful stop, 2 on a user error, 1 on a runtime failure.
+    """
+    if config is not None:
+        run(handler, config, env=os.environ)
+        return
+    _exit(main_with(handler, sys.argv[1:], os.environ))
+
+
+def _exit(code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.exit(code)

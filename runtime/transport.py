@@ -1,0 +1,96 @@
+"""The seam between the instance loop and Pulsar: what the core needs from a broker, nothing more.
+
+`pulsarfunc.runtime.broker` implements it with pulsar-client; unit tests implement it in memory.
+Received messages are used through the same method names pulsar-client's `Message` has, so the
+real client's messages cross the seam without being copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class MessageId(Protocol):
+    """A broker message id; opaque except for what effectively-once needs."""
+
+    def ledger_id(self) -> int: ...
+
+    def entry_id(self) -> int: ...
+
+    def partition(self) -> int: ...
+
+    def serialize(self) -> bytes: ...
+
+
+class InMessage(Protocol):
+    """A received message (the subset of pulsar-client's `Message` the runtime reads)."""
+
+    def data(self) -> bytes: ...
+
+    def partition_key(self) -> str: ...
+
+    def ordering_key(self) -> str: ...
+
+    def properties(self) -> dict[str, str]: ...
+
+    def event_timestamp(self) -> int: ...
+
+    def publish_timestamp(self) -> int: ...
+
+    def topic_name(self) -> str: ...
+
+    def message_id(self) -> MessageId: ...
+
+    def redelivery_count(self) -> int: ...
+
+
+class Source(Protocol):
+    """One subscription's consumer: acknowledgements go back to the consumer that received."""
+
+    def ack(self, message: InMessage) -> None: ...
+
+    def nack(self, message: InMessage) -> None: ...
+
+
+SendCallback = Callable[[Exception | None], None]
+"""Called once a send is persisted (None) or has failed (the error); from any thread."""
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """One message to produce."""
+
+    topic: str
+    payload: bytes
+    key: str | None = None
+    properties: Mapping[str, str] | None = None
+    event_timestamp: int | None = None
+    sequence_id: int | None = None  # effectively-once: broker-side dedup id
+    producer_name: str | None = None  # effectively-once: one named producer per input
+
+
+class Broker(Protocol):
+    """What an instance does with Pulsar. Every method may be called from any thread."""
+
+    @property
+    def sources(self) -> Sequence[Source]:
+        """The consumers, one per subscribed input group."""
+        ...
+
+    def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
+        """Up to max_messages from one source; waits at most timeout_ms for the first."""
+        ...
+
+    def send(self, message: OutMessage, callback: SendCallback) -> None:
+        """Queue a message for sending; never waits for the broker round trip."""
+        ...
+
+    def flush(self) -> None:
+        """Wait until every queued message is sent."""
+        ...
+
+    def close(self) -> None:
+        """Close consumers, producers and the client."""
+        ...

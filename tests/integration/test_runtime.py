@@ -1,0 +1,282 @@
+"""The runtime against the real Apache Pulsar broker: guarantees, inputs, context, payloads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from pulsar_helpers import PulsarBroker, produce, subscribe_first, unique_topic
+from runtime_harness import admin, config_for, running, wait_backlog
+
+from pulsarfunc import Context, current_context
+from pulsarfunc.runtime.config import ProcessingGuarantee
+
+pytestmark = pytest.mark.integration
+
+
+def exclaim(text: str) -> str:
+    return text + "!"
+
+
+def test_at_least_once_outputs_every_input_and_acks_it(pulsar: PulsarBroker) -> None:
+    src, out = unique_topic("in"), unique_topic("out")
+    config = config_for(pulsar.service_url, src, output=out)
+    with subscribe_first(pulsar.service_url, out) as sink, running(exclaim, config):
+        produce(pulsar.service_url, src, [f"m{i}".encode() for i in range(200)])
+        got = sink.collect(200, timeout_s=30)
+    assert sorted(r.data for r in got) == sorted(f"m{i}!".encode() for i in range(200))
+    assert {r.properties["__pfn_input_topic__"] for r in got} == {src}
+    assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
+
+
+def test_handler_error_nacks_and_the_message_is_retried(pulsar: PulsarBroker) -> None:
+    src, out = unique_topic("in"), unique_topic("out")
+    seen: dict[bytes, int] = {}
+
+    def flaky(data: bytes) -> bytes:
+        seen[data] = seen.get(data, 0) + 1
+        if data == b"bad" and seen[data] < 3:
+            raise ValueError("not yet")
+        return data.upper()
+
+    config = config_for(pulsar.service_url, src, output=out, redelivery_delay_ms=100)
+    with subscribe_first(pulsar.service_url, out) as sink, running(flaky, config):
+        produce(pulsar.service_url, src, [b"a", b"bad", b"c"])
+        got = sink.collect(3, timeout_s=30)
+    assert sorted(r.data for r in got) == [b"A", b"BAD", b"C"]
+    assert seen[b"bad"] == 3
+
+
+def test_after_the_last_retry_the_message_goes_to_the_dead_letter_topic(
+    pulsar: PulsarBroker,
+) -> None:
+    src, out, dlq = unique_topic("in"), unique_topic("out"), unique_topic("dlq")
+
+    def strict(text: str) -> str:
+        if text.startswith("poison"):
+            raise ValueError(f"cannot digest {text}")
+        return text
+
+    config = config_for(
+        pulsar.service_url,
+        src,
+        output=out,
+        max_message_retries=2,
+        dead_letter_topic=dlq,
+        redelivery_delay_ms=50,
+    )
+    with (
+        subscribe_first(pulsar.service_url, dlq) as dead,
+        subscribe_first(pulsar.service_url, out) as sink,
+        running(strict, config),
+    ):
+        produce(pulsar.service_url, src, [b"ok1", b"poison-1", b"ok2"])
+        outputs = sink.collect(2, timeout_s=30)
+        letters = dead.collect(1, timeout_s=30)
+    assert sorted(r.data for r in outputs) == [b"ok1", b"ok2"]
+    (letter,) = letters
+    assert letter.data == b"poison-1"
+    assert letter.properties["pulsarfunc.error.type"] == "ValueError"
+    assert letter.properties["pulsarfunc.error.message"] == "cannot digest poison-1"
+    assert letter.properties["pulsarfunc.attempts"] == "3"
+    assert letter.properties["REAL_TOPIC"] == src
+    assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
+
+
+def test_at_most_once_acks_on_receipt_so_a_failure_is_not_retried(pulsar: PulsarBroker) -> None:
+    src, out = unique_topic("in"), unique_topic("out")
+    calls: list[bytes] = []
+
+    def fails_once(data: bytes) -> bytes:
+        calls.append(data)
+        if data == b"boom":
+            raise RuntimeError("lost on purpose")
+        return data
+
+    config = config_for(
+        pulsar.service_url,
+        src,
+        output=out,
+        processing_guarantee=ProcessingGuarantee.ATMOST_ONCE,
+        redelivery_delay_ms=50,
+    )
+    with subscribe_first(pulsar.service_url, out) as sink, running(fails_once, config):
+        produce(pulsar.service_url, src, [b"boom", b"x", b"y"])
+        got = sink.collect(2, timeout_s=30)
+    assert sorted(r.data for r in got) == [b"x", b"y"]
+    assert calls.count(b"boom") == 1
+    assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
+
+
+def test_manual_acks_only_what_the_function_acknowledged(pulsar: PulsarBroker) -> None:
+    src = unique_topic("in")
+    done = []
+
+    def keep_odd(ctx: Context, text: str) -> None:
+        done.append(text)
+        if int(text) % 2 == 0:
+            ctx.ack()
+
+    config = config_for(pulsar.service_url, src, processing_guarantee=ProcessingGuarantee.MANUAL)
+    with running(keep_odd, config):
+        produce(pulsar.service_url, src, [str(i).encode() for i in range(10)])
+        assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 5) == 5
+    assert sorted(done, key=int) == [str(i) for i in range(10)]
+
+
+@pytest.fixture
+def dedup_namespace(pulsar: PulsarBroker) -> str:
+    """A fresh namespace with broker-side deduplication, which effectively-once relies on."""
+    ns = f"public/eo-{uuid.uuid4().hex[:8]}"
+    admin(pulsar.admin_url, "PUT", f"/admin/v2/namespaces/{ns}", {})
+    admin(pulsar.admin_url, "POST", f"/admin/v2/namespaces/{ns}/deduplication", True)
+    return ns
+
+
+def test_effectively_once_survives_a_replay_without_duplicates(
+    pulsar: PulsarBroker, dedup_namespace: str
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    src = f"persistent://{dedup_namespace}/in-{suffix}"
+    out = f"persistent://{dedup_namespace}/out-{suffix}"
+    config = config_for(
+        pulsar.service_url,
+        src,
+        output=out,
+        processing_guarantee=ProcessingGuarantee.EFFECTIVELY_ONCE,
+        namespace=dedup_namespace.split("/")[1],
+    )
+    produce(pulsar.service_url, src, [f"e{i}".encode() for i in range(50)])
+    with running(exclaim, config):
+        assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
+    # Replay every input, as after a crash that lost the acks: the broker must drop the outputs.
+    path = src.replace("persistent://", "/admin/v2/persistent/")
+    sub = config.subscription_name.replace("/", "%2F")
+    admin(pulsar.admin_url, "POST", f"{path}/subscription/{sub}/resetcursor/0")
+    with running(exclaim, config):
+        assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
+    with subscribe_first(pulsar.service_url, out) as sink:
+        got = sink.collect(50, timeout_s=30)
+        with pytest.raises(TimeoutError):
+            sink.collect(1, timeout_s=3)
+    assert sorted(r.data for r in got) == sorted(f"e{i}!".encode() for i in range(50))
+
+
+def test_several_topics_and_a_regex_pattern_feed_one_function(pulsar: PulsarBroker) -> None:
+    tag = uuid.uuid4().hex[:8]
+    a = f"persistent://public/default/multi-a-{tag}"
+    b = f"persistent://public/default/multi-b-{tag}"
+    p1 = f"persistent://public/default/pat-{tag}-1"
+    p2 = f"persistent://public/default/pat-{tag}-2"
+    out = unique_topic("out")
+    # Topics must exist for the pattern consumer to find them at once.
+    for t in (p1, p2):
+        produce(pulsar.service_url, t, [])
+    config = config_for(
+        pulsar.service_url, a, b, f"regex:persistent://public/default/pat-{tag}-.*", output=out
+    )
+
+    def tag_topic(text: str) -> str:
+        return f"{current_context().message_topic.rsplit('/', 1)[-1]}:{text}"
+
+    with subscribe_first(pulsar.service_url, out) as sink, running(tag_topic, config):
+        for t in (a, b, p1, p2):
+            produce(pulsar.service_url, t, [b"x"])
+        got = sink.collect(4, timeout_s=60)
+    assert sorted(r.data.decode() for r in got) == sorted(
+        f"{t.rsplit('/', 1)[-1]}:x" for t in (a, b, p1, p2)
+    )
+
+
+def test_context_publish_user_config_and_identity(pulsar: PulsarBroker) -> None:
+    src, out, side = unique_topic("in"), unique_topic("out"), unique_topic("side")
+
+    def route(ctx: Context, text: str) -> str:
+        ctx.publish(side, f"{ctx.function_name}/{ctx.instance_id}:{text}", key=text)
+        ctx.record_metric("length", len(text))
+        return text * ctx.user_config_value("times", 1)
+
+    config = config_for(
+        pulsar.service_url, src, output=out, user_config={"times": 3}, name="router", instance_id=4
+    )
+    with (
+        subscribe_first(pulsar.service_url, out) as sink,
+        subscribe_first(pulsar.service_url, side) as side_sink,
+        running(route, config),
+    ):
+        produce(pulsar.service_url, src, [b"ab"])
+        (main,) = sink.collect(1, timeout_s=30)
+        (published,) = side_sink.collect(1, timeout_s=30)
+    assert main.data == b"ababab"
+    assert published.data == b"router/4:ab"
+    assert published.key == "ab"
+
+
+@dataclasses.dataclass
+class Order:
+    item: str
+    qty: int
+
+
+def test_typed_payloads_json_and_dataclass(pulsar: PulsarBroker) -> None:
+    src, out = unique_topic("in"), unique_topic("out")
+
+    def total(order: Order) -> dict[str, object]:
+        return {"item": order.item, "total": order.qty * 2}
+
+    config = config_for(
+        pulsar.service_url,
+        src,
+        output=out,
+        redelivery_delay_ms=50,
+        max_message_retries=0,
+        dead_letter_topic=unique_topic("dlq"),
+    )
+    with subscribe_first(pulsar.service_url, out) as sink, running(total, config):
+        produce(
+            pulsar.service_url,
+            src,
+            [
+                json.dumps({"item": "pen", "qty": 3}).encode(),
+                b"not json",
+                b'{"item": "cup", "qty": 1}',
+            ],
+        )
+        got = sink.collect(2, timeout_s=30)
+    assert sorted(json.loads(r.data)["item"] for r in got) == ["cup", "pen"]
+    assert {json.loads(r.data)["item"]: json.loads(r.data)["total"] for r in got} == {
+        "pen": 6,
+        "cup": 2,
+    }
+
+
+def test_a_generator_fans_out_several_outputs(pulsar: PulsarBroker) -> None:
+    src, out = unique_topic("in"), unique_topic("out")
+
+    def words(text: str) -> Iterator[str]:
+        yield from text.split()
+
+    config = config_for(pulsar.service_url, src, output=out)
+    with subscribe_first(pulsar.service_url, out) as sink, running(words, config):
+        produce(pulsar.service_url, src, [b"one two three"])
+        got = sink.collect(3, timeout_s=30)
+    assert sorted(r.data for r in got) == [b"one", b"three", b"two"]
+
+
+def test_async_handler_with_concurrency(pulsar: PulsarBroker) -> None:
+    import asyncio
+
+    src, out = unique_topic("in"), unique_topic("out")
+
+    async def slow_upper(text: str) -> str:
+        await asyncio.sleep(0.05)
+        return text.upper()
+
+    config = config_for(pulsar.service_url, src, output=out, concurrency=16)
+    with subscribe_first(pulsar.service_url, out) as sink, running(slow_upper, config):
+        produce(pulsar.service_url, src, [f"w{i}".encode() for i in range(64)])
+        got = sink.collect(64, timeout_s=30)
+    assert sorted(r.data for r in got) == sorted(f"W{i}".encode() for i in range(64))

@@ -1,0 +1,158 @@
+"""An in-memory Broker for unit tests of the instance loop (never used in integration tests)."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pulsarfunc.runtime.transport import InMessage, OutMessage, SendCallback, Source
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class FakeId:
+    ledger: int
+    entry: int
+
+    def ledger_id(self) -> int:
+        return self.ledger
+
+    def entry_id(self) -> int:
+        return self.entry
+
+    def partition(self) -> int:
+        return -1
+
+    def serialize(self) -> bytes:
+        return f"{self.ledger}:{self.entry}".encode()
+
+    def __str__(self) -> str:
+        return f"({self.ledger},{self.entry},-1,-1)"
+
+
+@dataclass
+class FakeMessage:
+    payload: bytes
+    key: str = ""
+    props: dict[str, str] = field(default_factory=dict)
+    topic: str = "persistent://public/default/in"
+    redeliveries: int = 0
+    event_ts: int = 0
+    mid: FakeId = field(default_factory=lambda: FakeId(7, next(_ids)))
+
+    def data(self) -> bytes:
+        return self.payload
+
+    def partition_key(self) -> str:
+        return self.key
+
+    def ordering_key(self) -> str:
+        return ""
+
+    def properties(self) -> dict[str, str]:
+        return dict(self.props)
+
+    def event_timestamp(self) -> int:
+        return self.event_ts
+
+    def publish_timestamp(self) -> int:
+        return 1
+
+    def topic_name(self) -> str:
+        return self.topic
+
+    def message_id(self) -> FakeId:
+        return self.mid
+
+    def redelivery_count(self) -> int:
+        return self.redeliveries
+
+
+class FakeSource:
+    """A subscription: nacked messages come back with a higher redelivery count."""
+
+    def __init__(self, *, count_redeliveries: bool = True) -> None:
+        self.queue: collections.deque[FakeMessage] = collections.deque()
+        self.acked: list[FakeMessage] = []
+        self.nacked: list[FakeMessage] = []
+        self.count_redeliveries = count_redeliveries
+        self.lock = threading.Lock()
+
+    def ack(self, message: InMessage) -> None:
+        assert isinstance(message, FakeMessage)
+        with self.lock:
+            self.acked.append(message)
+
+    def nack(self, message: InMessage) -> None:
+        assert isinstance(message, FakeMessage)
+        with self.lock:
+            self.nacked.append(message)
+            again = FakeMessage(
+                message.payload,
+                message.key,
+                message.props,
+                message.topic,
+                message.redeliveries + (1 if self.count_redeliveries else 0),
+                message.event_ts,
+                message.mid,
+            )
+            self.queue.append(again)
+
+
+class FakeBroker:
+    """Sends succeed (or fail, per `fail_topics`) on a background thread, like the client."""
+
+    def __init__(self, sources: int = 1, *, count_redeliveries: bool = True) -> None:
+        self._sources = [FakeSource(count_redeliveries=count_redeliveries) for _ in range(sources)]
+        self.sent: dict[str, list[OutMessage]] = collections.defaultdict(list)
+        self.fail_topics: set[str] = set()
+        self.flushed = 0
+        self.closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def sources(self) -> Sequence[FakeSource]:
+        return self._sources
+
+    def feed(self, *messages: FakeMessage, source: int = 0) -> None:
+        with self._sources[source].lock:
+            self._sources[source].queue.extend(messages)
+
+    def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
+        assert isinstance(source, FakeSource)
+        with source.lock:
+            batch = [source.queue.popleft() for _ in range(min(max_messages, len(source.queue)))]
+        if not batch:
+            time.sleep(min(timeout_ms, 5) / 1000)
+        return batch
+
+    def send(self, message: OutMessage, callback: SendCallback) -> None:
+        error = (
+            RuntimeError(f"send to {message.topic} refused")
+            if message.topic in self.fail_topics
+            else None
+        )
+        if error is None:
+            with self._lock:
+                self.sent[message.topic].append(message)
+        threading.Thread(target=callback, args=(error,), daemon=True).start()
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll until `predicate` holds; fail the test with a clear message otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(0.005)
