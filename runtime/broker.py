@@ -1,7 +1,7 @@
 """The Broker seam implemented with pulsar-client: the only module that talks to Pulsar.
 
-Inputs are grouped into at most two consumers on one subscription (plain topics in one,
-regex patterns in another, since pulsar-client subscribes to either a list or a pattern).
+Inputs share one subscription: one consumer takes every plain topic, and each regex pattern
+has a consumer of its own (pulsar-client subscribes to either a list or one pattern).
 Producers are created lazily, one per (topic, producer name), with sends that never time out
 (as Pulsar's own instance does) so a broker restart delays output instead of failing it.
 """
@@ -141,17 +141,19 @@ class PulsarBroker:
             ),
             "properties": {"fqfn": config.fqfn, "instance_id": str(config.instance_id)},
             "pattern_auto_discovery_period": 1,
+            # Nacking one message of a producer batch must not redeliver its acked siblings.
+            "batch_index_ack_enabled": True,
         }
         topics = [spec.topic for spec in config.inputs if not spec.is_regex]
         patterns = [spec.topic for spec in config.inputs if spec.is_regex]
         consumers = []
         if topics:
             consumers.append(_Consumer(self._client.subscribe(topics, **common)))
-        if patterns:
+        for pattern in patterns:  # the client takes one pattern per consumer
             try:
-                regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+                regex = re.compile(pattern)
             except re.error as exc:
-                raise ConfigError(f"invalid topics pattern {patterns}: {exc}") from exc
+                raise ConfigError(f"invalid topics pattern {pattern!r}: {exc}") from exc
             consumers.append(_Consumer(self._client.subscribe(regex, **common)))
         return consumers
 

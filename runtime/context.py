@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pulsarfunc.runtime.compat import PulsarContext
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.errors import PulsarFuncError, UserError
+from pulsarfunc.runtime.naming import pulsar_sequence_id
 from pulsarfunc.runtime.transport import InMessage, MessageId
 
 
@@ -68,11 +69,6 @@ def current_context() -> Context:
             "call it from the handler or from code the handler calls",
         )
     return ctx
-
-
-def _message_sequence_id(message_id: MessageId) -> int:
-    """Pulsar's effectively-once sequence id: (ledger id << 28) | entry id."""
-    return (message_id.ledger_id() << 28) | message_id.entry_id()
 
 
 class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no type hints
@@ -280,7 +276,8 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
         return self.message.ordering_key() or None
 
     def get_message_sequence_id(self) -> int:
-        return _message_sequence_id(self.message_id)
+        mid = self.message_id
+        return pulsar_sequence_id(mid.ledger_id(), mid.entry_id())
 
     def get_message_partition_index(self) -> int:
         return self.message_id.partition()

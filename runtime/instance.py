@@ -28,7 +28,12 @@ from pulsarfunc.runtime.context import Context, FunctionEnv, SecretsProvider
 from pulsarfunc.runtime.errors import PayloadError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.metrics import Metrics
-from pulsarfunc.runtime.naming import dead_letter_topic, effectively_once_producer
+from pulsarfunc.runtime.naming import (
+    MAX_OUTPUTS_PER_INPUT,
+    dead_letter_topic,
+    effectively_once_producer,
+    output_sequence_id,
+)
 from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
 
 _log = logging.getLogger("pulsarfunc.instance")
@@ -40,7 +45,7 @@ _LOCAL_ATTEMPTS_MAX = 100_000  # bound of the in-memory retry counter (see _atte
 class _Work:
     """One message's bookkeeping from receipt to ack/nack."""
 
-    __slots__ = ("acked", "error", "msg", "pending", "settled", "source", "started")
+    __slots__ = ("acked", "error", "msg", "outputs", "pending", "settled", "source", "started")
 
     def __init__(self, source: Source, msg: InMessage) -> None:
         self.source = source
@@ -49,6 +54,7 @@ class _Work:
         self.error: BaseException | None = None
         self.settled = False
         self.acked = False
+        self.outputs = 0
         self.started = time.perf_counter()
 
 
@@ -312,7 +318,16 @@ class Instance:
         seq: int | None = None
         producer: str | None = None
         if self._guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE:
-            seq = ctxmod._message_sequence_id(msg.message_id())
+            mid = msg.message_id()
+            if work.outputs >= MAX_OUTPUTS_PER_INPUT:
+                raise PayloadError(
+                    f"effectively-once allows {MAX_OUTPUTS_PER_INPUT} outputs per input",
+                    "yield fewer outputs, or use ATLEAST_ONCE",
+                )
+            seq = output_sequence_id(
+                mid.ledger_id(), mid.entry_id(), mid.batch_index(), work.outputs
+            )
+            work.outputs += 1
             producer = effectively_once_producer(
                 self.config.fqfn, self.config.instance_id, msg.topic_name()
             )

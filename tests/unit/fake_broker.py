@@ -28,6 +28,9 @@ class FakeId:
     def partition(self) -> int:
         return -1
 
+    def batch_index(self) -> int:
+        return -1
+
     def serialize(self) -> bytes:
         return f"{self.ledger}:{self.entry}".encode()
 
