@@ -55,7 +55,7 @@ class Codec(Protocol):
         ...
 
 
-def _type_label(value: Any) -> str:
+def _type_of(value: Any) -> str:
     return type(value).__qualname__
 
 
@@ -72,7 +72,7 @@ class RawCodec:
         if isinstance(value, bytes | bytearray | memoryview):
             return bytes(value)
         raise PayloadError(
-            f"output of type {_type_label(value)} cannot be sent as raw bytes",
+            f"output of type {_type_of(value)} cannot be sent as raw bytes",
             "the handler is annotated to return bytes: return bytes, bytearray or memoryview",
         )
 
@@ -96,7 +96,7 @@ class TextCodec:
         if isinstance(value, str):
             return value.encode("utf-8")
         raise PayloadError(
-            f"output of type {_type_label(value)} is not a str",
+            f"output of type {_type_of(value)} is not a str",
             "the handler is annotated to return str: return a str, or change the annotation",
         )
 
@@ -105,7 +105,7 @@ def _json_default(value: Any) -> Any:
     """Lets json.dumps write dataclass instances as objects, field by field."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    raise TypeError(f"a {_type_label(value)} is not JSON serializable")
+    raise TypeError(f"a {_type_of(value)} is not JSON serializable")
 
 
 def _dump_json(value: Any) -> bytes:
@@ -115,7 +115,7 @@ def _dump_json(value: Any) -> bytes:
         )
     except (TypeError, ValueError) as e:
         raise PayloadError(
-            f"output of type {_type_label(value)} cannot be written as JSON: {e}",
+            f"output of type {_type_of(value)} cannot be written as JSON: {e}",
             "return dicts, lists, str, int, float, bool, None or dataclass instances",
         ) from e
     return text.encode("utf-8")
@@ -161,7 +161,7 @@ class AutoCodec:
         ):
             return _dump_json(value)
         raise PayloadError(
-            f"cannot encode an output of type {_type_label(value)}",
+            f"cannot encode an output of type {_type_of(value)}",
             "return bytes (sent as is), str (UTF-8), or a dict, list, int, float, bool or "
             "dataclass instance (JSON); return None for no output",
         )
@@ -190,13 +190,13 @@ class SerdeCodec:
             out = self.serde.serialize(value)
         except Exception as e:
             raise PayloadError(
-                f"{self.name} could not serialize an output of type {_type_label(value)}: {e}",
+                f"{self.name} could not serialize an output of type {_type_of(value)}: {e}",
                 "Pulsar's default IdentitySerDe sends str, int, float, complex and bytes only",
             ) from e
         if isinstance(out, bytes | bytearray | memoryview):
             return bytes(out)
         raise PayloadError(
-            f"{self.name}.serialize returned {_type_label(out)}, not bytes",
+            f"{self.name}.serialize returned {_type_of(out)}, not bytes",
             "a serde's serialize must return bytes",
         )
 
@@ -214,18 +214,18 @@ class _UnsupportedError(Exception):
     """An annotation (or a part of one) that no codec can honour."""
 
 
-def _label(tp: Any) -> str:
+def type_label(tp: Any) -> str:
     """A short readable name for an annotation: `list[Order]`, `str | None`."""
     if tp is None or tp is type(None):
         return "None"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union or origin is types.UnionType:
-        return " | ".join(_label(a) for a in args)
+        return " | ".join(type_label(a) for a in args)
     if origin is Literal:
         return f"Literal[{', '.join(map(repr, args))}]"
     if origin is not None and args:
         name = getattr(origin, "__qualname__", None) or repr(origin).replace("typing.", "")
-        return f"{name}[{', '.join(_label(a) for a in args)}]"
+        return f"{name}[{', '.join(type_label(a) for a in args)}]"
     if isinstance(tp, type):
         return tp.__qualname__
     return repr(tp).replace("typing.", "")
@@ -233,7 +233,7 @@ def _label(tp: Any) -> str:
 
 def _mismatch(path: str, expected: str, value: Any) -> PayloadError:
     return PayloadError(
-        f"payload {path}: expected {expected}, got {_type_label(value)} {_preview(value)}",
+        f"payload {path}: expected {expected}, got {_type_of(value)} {_preview(value)}",
         "send JSON matching the handler's input annotation",
     )
 
@@ -284,8 +284,12 @@ class _Converters:
             return _identity
         if tp is None:
             tp = type(None)
-        if tp in _SCALARS:
-            return _SCALARS[tp]
+        try:
+            scalar = _SCALARS.get(tp)
+        except TypeError:  # an unhashable annotation object: not a type at all
+            raise _UnsupportedError(f"{tp!r} is not a type") from None
+        if scalar is not None:
+            return scalar
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if tp is dict or origin is dict:
             return self._dict(args)
@@ -297,12 +301,12 @@ class _Converters:
             return self._literal(tp, args)
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self._dataclass(tp)
-        raise _UnsupportedError(f"{_label(tp)} is not a JSON type")
+        raise _UnsupportedError(f"{type_label(tp)} is not a JSON type")
 
     def _dict(self, args: tuple[Any, ...]) -> _Convert:
         key, val = args or (str, Any)
         if key not in (str, Any):
-            raise _UnsupportedError(f"JSON object keys are strings, not {_label(key)}")
+            raise _UnsupportedError(f"JSON object keys are strings, not {type_label(key)}")
         item = self.build(val)
 
         def convert(value: Any, path: str) -> Any:
@@ -324,7 +328,7 @@ class _Converters:
 
     def _union(self, tp: Any, args: tuple[Any, ...]) -> _Convert:
         members = [self.build(a) for a in args]
-        label = _label(tp)
+        label = type_label(tp)
 
         def convert(value: Any, path: str) -> Any:
             for member in members:
@@ -337,7 +341,7 @@ class _Converters:
         return convert
 
     def _literal(self, tp: Any, args: tuple[Any, ...]) -> _Convert:
-        label = _label(tp)
+        label = type_label(tp)
 
         def convert(value: Any, path: str) -> Any:
             if any(value == a and type(value) is type(a) for a in args):
@@ -397,6 +401,11 @@ def _without_none(tp: Any) -> Any:
 
 def codec_for(annotation: Any) -> Codec:
     """The codec an input (or declared output) annotation asks for; HandlerError if none fits."""
+    if isinstance(annotation, str):
+        raise HandlerError(
+            f"annotation {annotation!r} could not be resolved to a type",
+            "define or import that type at module level (not only under TYPE_CHECKING)",
+        )
     bare = _without_none(annotation)
     if bare in (inspect.Parameter.empty, Any, object, bytes, memoryview):
         return RAW
@@ -408,7 +417,7 @@ def codec_for(annotation: Any) -> Codec:
         convert = _Converters().build(annotation)
     except _UnsupportedError as e:
         raise HandlerError(
-            f"annotation {_label(annotation)} is not supported as a payload type: {e}",
+            f"annotation {type_label(annotation)} is not supported as a payload type: {e}",
             f"annotate with {SUPPORTED_ANNOTATIONS}",
         ) from e
-    return JsonCodec(f"JSON {_label(bare)}", convert)
+    return JsonCodec(f"JSON {type_label(bare)}", convert)
