@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pulsarfunc.runtime import context as ctxmod
+from pulsarfunc.runtime.codec import pulsar_serde
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee, SubscriptionType
 from pulsarfunc.runtime.context import Context, FunctionEnv, SecretsProvider
 from pulsarfunc.runtime.errors import PayloadError
@@ -33,6 +34,7 @@ from pulsarfunc.runtime.naming import (
     dead_letter_topic,
     effectively_once_producer,
     output_sequence_id,
+    strip_partition,
 )
 from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
 
@@ -87,6 +89,17 @@ class Instance:
             secrets=secrets or (lambda name: None),
         )
         self._guarantee = config.processing_guarantee
+        # Serdes named in the configuration win over the handler's annotations, as in Pulsar.
+        self._input_serdes = {
+            spec.topic: pulsar_serde(spec.serde_class_name)
+            for spec in config.inputs
+            if spec.serde_class_name and not spec.is_regex
+        }
+        self._output_codec = (
+            pulsar_serde(config.output_serde_class_name)
+            if config.output_serde_class_name
+            else handler.output_codec
+        )
         self._track_sends = self._guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._ordered = (
             config.retain_ordering or self._guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
@@ -220,7 +233,10 @@ class Instance:
 
     # -- processing ------------------------------------------------------------------------
     def _decode(self, work: _Work) -> tuple[Context, Any]:
-        value = self.handler.input_codec.decode(work.msg.data())
+        codec = self.handler.input_codec
+        if self._input_serdes:
+            codec = self._input_serdes.get(strip_partition(work.msg.topic_name()), codec)
+        value = codec.decode(work.msg.data())
         return Context(self.env, work.msg, work), value
 
     def _process_sync(self, source: Source, msg: InMessage) -> None:
@@ -310,7 +326,7 @@ class Instance:
         """Encode one output and send it to the output topic (if there is one)."""
         if value is None or not self.config.output:
             return
-        payload = self.handler.output_codec.encode(value)
+        payload = self._output_codec.encode(value)
         msg = work.msg
         props = ctxmod.input_properties(msg)
         if self.config.forward_source_message_property:

@@ -8,13 +8,18 @@ import uuid
 _PARTITION_SUFFIX = re.compile(r"-partition-\d+$")
 
 
+def strip_partition(topic: str) -> str:
+    """The partitioned topic a partition belongs to (`t-partition-3` -> `t`)."""
+    return _PARTITION_SUFFIX.sub("", topic)
+
+
 def dead_letter_topic(input_topic: str, subscription: str) -> str:
     """Pulsar's default dead-letter topic, `<topic>-<subscription>-DLQ`.
 
     A function's default subscription is `tenant/namespace/name`, whose slashes would make an
     invalid topic name, so they become dashes. Partitions share their topic's DLQ.
     """
-    base = _PARTITION_SUFFIX.sub("", input_topic)
+    base = strip_partition(input_topic)
     return f"{base}-{subscription.replace('/', '-')}-DLQ"
 
 
