@@ -11,6 +11,7 @@ had they skip with the reason, except under CI=true, where that is an error.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import signal
@@ -26,7 +27,7 @@ from typing import Any, NoReturn
 
 import docker
 import pytest
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.types import EndpointConfig
 from pulsar_helpers import (
@@ -78,11 +79,14 @@ def _remove_session(client: docker.DockerClient, session: str) -> None:
     """Remove a session's containers (first: they hold the network), networks and volumes."""
     label: Filters = {"label": f"{SESSION_LABEL}={session}"}
     for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True, v=True)
+        with contextlib.suppress(NotFound):
+            container.remove(force=True, v=True)
     for network in client.networks.list(filters=label):
-        network.remove()
+        with contextlib.suppress(NotFound):
+            network.remove()
     for volume in client.volumes.list(filters=label):
-        volume.remove(force=True)
+        with contextlib.suppress(NotFound):
+            volume.remove(force=True)
 
 
 def _reap_dead_sessions(client: docker.DockerClient) -> None:
@@ -171,7 +175,8 @@ def docker_network(
     try:
         yield name
     finally:
-        network.remove()
+        with contextlib.suppress(NotFound):  # already gone if SIGTERM cleaned up first
+            network.remove()
 
 
 # --- the broker --------------------------------------------------------------------------------
@@ -207,7 +212,8 @@ def pulsar(request: pytest.FixtureRequest) -> Iterator[PulsarBroker]:
         request.config.stash[_BROKER_KEY] = (broker, image, time.monotonic() - started)
         yield broker
     finally:
-        container.remove(force=True, v=True)
+        with contextlib.suppress(NotFound):  # already gone if SIGTERM cleaned up first
+            container.remove(force=True, v=True)
 
 
 def _external_broker(service_url: str) -> PulsarBroker:
@@ -230,13 +236,14 @@ def _external_broker(service_url: str) -> PulsarBroker:
 
 
 def _ensure_image(client: docker.DockerClient, image: str) -> None:
+    """Never pull implicitly: where no registry is reachable, a pull only waits and fails."""
     try:
         client.images.get(image)
     except ImageNotFound:
-        try:
-            client.images.pull(image)
-        except DockerException as e:
-            _unavailable(f"broker image {image} is not present and cannot be pulled ({e})")
+        _unavailable(
+            f"broker image {image} is not present locally (PULSAR_IMAGE)",
+            f"with a registry: `docker pull {image}`; without one: {BOOTSTRAP_HINT}",
+        )
 
 
 def _run_broker(
