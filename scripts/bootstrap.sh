@@ -10,9 +10,10 @@ set -euo pipefail
 
 PULSAR_VERSION=4.0.8
 SUITE=bookworm
-PY_IMAGE=pulsarfunc-local/python:3.11
-JRE_IMAGE=pulsarfunc-local/jre:17
-PULSAR_IMAGE=pulsarfunc-local/pulsar:${PULSAR_VERSION}
+IMAGE_PREFIX=${PULSARFUNC_IMAGE_PREFIX:-pulsarfunc-local} # another prefix tests a cold bootstrap
+PY_IMAGE=${IMAGE_PREFIX}/python:3.11
+JRE_IMAGE=${IMAGE_PREFIX}/jre:17
+PULSAR_IMAGE=${IMAGE_PREFIX}/pulsar:${PULSAR_VERSION}
 APT_PACKAGES=(docker.io mmdebstrap maven python3-venv python3-pip curl)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
