@@ -79,9 +79,9 @@ class Handler:
     form: Form
     takes_input: bool
     takes_context: bool
-    is_async: bool
-    yields: bool
-    is_async_gen: bool
+    is_async: bool  # run on the event loop: a coroutine function or an async generator
+    yields: bool  # several outputs: a generator or an async generator
+    is_async_gen: bool  # iterate with `async for` (implies is_async and yields)
     input_codec: Codec
     output_codec: Codec
     signature: str
@@ -326,7 +326,8 @@ def _is_native(obj: object, required: list[inspect.Parameter], hints: dict[str, 
 def _output_codec(annotation: Any, yields: bool) -> Codec:
     if yields:
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-        if annotation is inspect.Parameter.empty or (origin in _ITERATORS and not args):
+        bare = annotation in _ITERATORS or (origin in _ITERATORS and not args)
+        if annotation is inspect.Parameter.empty or bare:
             return AUTO
         if origin not in _ITERATORS:
             raise HandlerError(

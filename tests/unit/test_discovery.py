@@ -258,41 +258,36 @@ def test_not_callable_is_found_then_refused_by_inspection() -> None:
 
 
 @pytest.mark.parametrize(
-    ("attr", "message"),
+    ("ref", "message"),
     [
-        ("three", "takes 3 required positional parameters"),
-        ("star", "*args is not accepted"),
-        ("kwargs", "**options is not accepted"),
-        ("kwonly", "keyword-only parameter 'mode' has no default"),
-        ("pulsar_order", "the Context is the second parameter"),
-        ("first_not_context", "with two parameters the first is the Context, but 'text' is"),
-        ("unsupported_type", "annotation set[str] is not supported"),
+        ("wrong_signatures/handler.py:three", "takes 3 required positional parameters"),
+        ("wrong_signatures/handler.py:star", "*args is not accepted"),
+        ("wrong_signatures/handler.py:kwargs", "**options is not accepted"),
+        ("wrong_signatures/handler.py:kwonly", "keyword-only parameter 'mode' has no default"),
+        ("wrong_signatures/handler.py:pulsar_order", "the Context is the second parameter"),
+        (
+            "wrong_signatures/handler.py:first_not_context",
+            "with two parameters the first is the Context, but 'text' is",
+        ),
+        ("wrong_signatures/handler.py:unsupported_type", "annotation set[str] is not supported"),
+        (
+            "bad_process/handler.py:MissingContext",
+            "Pulsar calls MissingContext.process(input, context)",
+        ),
+        ("bad_process/handler.py:NoProcess", "NoProcess does not define process"),
+        ("bad_process/handler.py:NeedsArguments", "could not create NeedsArguments()"),
     ],
 )
-def test_wrong_signature_fixtures(attr: str, message: str) -> None:
-    loaded = load(f"wrong_signatures/handler.py:{attr}", cwd=FIXTURES)
+def test_invalid_handler_fixtures_load_then_fail_inspection(ref: str, message: str) -> None:
+    loaded = load(ref, cwd=FIXTURES)
     with pytest.raises(HandlerError) as info:
         inspect_handler(loaded.obj, where=loaded.where)
-    assert str(info.value).startswith(f"wrong_signatures/handler.py:{attr}: {message}")
+    assert str(info.value).startswith(f"{ref}: {message}")
 
 
 def test_valid_signature_fixture_for_contrast() -> None:
     loaded = load("wrong_signatures/handler.py:valid_with_defaults", cwd=FIXTURES)
     assert inspect_handler(loaded.obj).takes_context
-
-
-@pytest.mark.parametrize(
-    ("attr", "message"),
-    [
-        ("MissingContext", "Pulsar calls MissingContext.process(input, context)"),
-        ("NoProcess", "NoProcess does not define process"),
-        ("NeedsArguments", "could not create NeedsArguments()"),
-    ],
-)
-def test_bad_process_fixtures(attr: str, message: str) -> None:
-    loaded = load(f"bad_process/handler.py:{attr}", cwd=FIXTURES)
-    with pytest.raises(HandlerError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        inspect_handler(loaded.obj, where=loaded.where)
 
 
 # --- import failures ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -259,6 +260,22 @@ def test_unannotated_generator_outputs_by_type() -> None:
         yield data
 
     assert inspect_handler(f).output_codec.name == "by type"
+
+
+@pytest.mark.parametrize("returns", [Iterator, typing.Iterator, typing.Generator, AsyncIterator])
+def test_bare_iterator_annotation_outputs_by_type(returns: Any) -> None:
+    def f(data: bytes) -> Any:
+        yield data
+
+    f.__annotations__["return"] = returns
+    assert inspect_handler(f).output_codec.name == "by type"
+
+
+def test_generator_annotation_gives_the_yield_type() -> None:
+    def f(data: bytes) -> typing.Generator[Order, None, None]:
+        yield Order("x")
+
+    assert inspect_handler(f).output_codec.name == "JSON Order"
 
 
 # --- output codecs from the return annotation -----------------------------------------------
