@@ -142,11 +142,15 @@ step_pulsar_download() {
     fi
     local tmp=${PULSAR_DIR}/.download
     rm -rf "${tmp}" && mkdir -p "${tmp}"
-    mvn -B -q dependency:copy \
+    # Maven's own repository lives in the cache too (HOME-independent), minus the 245 MB copy.
+    if ! mvn -B -q -Dmaven.repo.local="${CACHE}/m2" dependency:copy \
         -Dartifact="org.apache.pulsar:pulsar-server-distribution:${PULSAR_VERSION}:tar.gz:bin" \
-        -DoutputDirectory="${tmp}"
+        -DoutputDirectory="${tmp}" >"${PULSAR_DIR}/mvn.log" 2>&1; then
+        tail -n 40 "${PULSAR_DIR}/mvn.log" >&2
+        die "mvn dependency:copy failed (full log: ${PULSAR_DIR}/mvn.log)"
+    fi
     mv "${tmp}/$(basename "${PULSAR_TARBALL}")" "${PULSAR_TARBALL}"
-    rm -rf "${tmp}"
+    rm -rf "${tmp}" "${CACHE}/m2/org/apache/pulsar/pulsar-server-distribution"
     did "downloaded $(du -h "${PULSAR_TARBALL}" | cut -f1) from Maven Central"
 }
 
