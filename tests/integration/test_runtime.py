@@ -210,7 +210,8 @@ def test_context_publish_user_config_and_identity(pulsar: PulsarBroker) -> None:
     def route(ctx: Context, text: str) -> str:
         ctx.publish(side, f"{ctx.function_name}/{ctx.instance_id}:{text}", key=text)
         ctx.record_metric("length", len(text))
-        return text * ctx.user_config_value("times", 1)
+        times: int = ctx.user_config_value("times", 1)
+        return text * times
 
     config = config_for(
         pulsar.service_url, src, output=out, user_config={"times": 3}, name="router", instance_id=4
