@@ -240,10 +240,9 @@ def _build(base: FunctionConfig, merged: Settings) -> FunctionConfig:
     )
     top = {k: s.value for k, s in merged.items() if "." not in k}
     for key in ("output", "log_topic", "dead_letter_topic"):
-        if top.get(key):
-            top[key] = _checked(top[key], False, source(key))
-    if "log_level" in top:
-        top["log_level"] = _log_level(top["log_level"], source("log_level"))
+        if topic := value(key, getattr(base, key)):
+            top[key] = _checked(topic, False, source(key))
+    top["log_level"] = _log_level(value("log_level", base.log_level), source("log_level"))
     for key in ("user_config", "secrets"):
         if isinstance(top.get(key), Mapping):
             top[key] = _frozen_map(top[key])

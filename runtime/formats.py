@@ -58,7 +58,7 @@ _YAML_HINT = "see pulsar-admin's function-config format (pulsar-admin functions 
 def details_settings(text: str, source: str) -> Settings:
     """Settings from FunctionDetails JSON text, as the worker passes `--function_details`."""
     values = details_values(parse_details(text, source), source)
-    return {key: Setting(value, source) for key, value in values.items()}
+    return _settings(values, source)
 
 
 def parse_details(text: str, source: str) -> pb.FunctionDetails:
@@ -217,6 +217,11 @@ def _sink_values(sink: pb.SinkSpec) -> dict[str, Any]:
     return values
 
 
+def _settings(values: Mapping[str, Any], source: str) -> Settings:
+    """Each value with its source and field, e.g. "f.yaml: output", for error messages."""
+    return {key: Setting(value, f"{source}: {key}") for key, value in values.items()}
+
+
 def _json_object(text: str, source: str, key: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -250,7 +255,7 @@ def function_config_settings(path: str, source: str) -> Settings:
         raise ConfigError(f"{path}: expected a mapping of keys, found a {found}", hint=_YAML_HINT)
     details, extras = details_from_function_config(data, path)
     values = details_values(details, path) | extras
-    return {key: Setting(value, path) for key, value in values.items()}
+    return _settings(values, path)
 
 
 def details_from_function_config(

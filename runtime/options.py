@@ -254,6 +254,7 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 _BY_ENV = {option.env: option for option in OPTIONS}
+_BY_FLAG = {option.flag: option for option in OPTIONS}
 
 
 # --- the parser ---------------------------------------------------------------------------------
@@ -267,10 +268,16 @@ class FlagParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         known = [flag for action in self._actions for flag in action.option_strings]
+        hint = f"see `{self.prog} --help`"
         for word in re.findall(r"--?[\w-]+", message):
-            if word not in known and (close := difflib.get_close_matches(word, known, n=1)):
-                raise ConfigError(f"{self.prog}: {message}", hint=f"did you mean {close[0]}?")
-        raise ConfigError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+            if word in _BY_FLAG:
+                option = _BY_FLAG[word]
+                hint = f"{word} takes {option.allowed or option.metavar}"
+                if option.kind == "bool":
+                    hint = f"{word} takes no value; --no-{word[2:]} turns it off"
+            elif word not in known and (close := difflib.get_close_matches(word, known, n=1)):
+                hint = f"did you mean {close[0]}?"
+        raise ConfigError(f"{self.prog}: {message}", hint=hint)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
