@@ -21,7 +21,8 @@ from pulsarfunc.runtime.config import (
     resolve,
 )
 from pulsarfunc.runtime.errors import ConfigError
-from pulsarfunc.runtime.formats import details_from_function_config, parse_details
+from pulsarfunc.runtime.formats import parse_details
+from pulsarfunc.runtime.function_config_yaml import details_from_function_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 P = "persistent://public/default/"
