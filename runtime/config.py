@@ -188,15 +188,17 @@ def resolve(
     env: Mapping[str, str],
     *,
     defaults: FunctionConfig | None = None,
+    prog: str = "pulsarfunc run",
 ) -> FunctionConfig:
     """The one FunctionConfig for these flags and this environment; ConfigError if unusable.
 
     `argv` holds flags only (see `options.build_parser`). `defaults` are the caller's values
-    (e.g. a name derived from the handler), under everything the user configured.
+    (e.g. a name derived from the handler), under everything the user configured. `prog` names
+    the program in `--help`.
     """
     from pulsarfunc.runtime.options import build_parser  # options imports this module
 
-    return resolve_args(build_parser().parse_args(list(argv)), env, defaults=defaults)
+    return resolve_args(build_parser(prog).parse_args(list(argv)), env, defaults=defaults)
 
 
 def resolve_args(

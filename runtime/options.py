@@ -277,7 +277,7 @@ class FlagParser(argparse.ArgumentParser):
                     hint = f"{word} takes no value; --no-{word[2:]} turns it off"
             elif word not in known and (close := difflib.get_close_matches(word, known, n=1)):
                 hint = f"did you mean {close[0]}?"
-        raise ConfigError(f"{self.prog}: {message}", hint=hint)
+        raise ConfigError(message, hint=hint)
 
 
 class _HelpFormatter(argparse.HelpFormatter):

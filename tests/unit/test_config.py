@@ -269,9 +269,10 @@ def test_other_variables_are_ignored_and_typos_are_logged(caplog: pytest.LogCapt
 
 def test_help_lists_every_flag_and_env_var(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        resolve(["--help"], {})
+        resolve(["--help"], {}, prog="docker run my-fn")
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # undo line wrapping
+    assert text.startswith("usage: docker run my-fn [flags]")
     for option in OPTIONS:
         assert option.flag in text
         assert option.env in text
