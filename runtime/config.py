@@ -227,6 +227,8 @@ def resolve_args(
 
 
 def _build(base: FunctionConfig, merged: Settings) -> FunctionConfig:
+    """`merged` over `base`, with topic names in full form and the log level canonical; checked."""
+
     def source(path: str) -> str:
         return merged[path].source if path in merged else "the defaults"
 
