@@ -138,7 +138,7 @@ class FunctionDetails(_message.Message):
     retainOrdering: bool
     retainKeyOrdering: bool
     subscriptionPosition: SubscriptionPosition
-    def __init__(self, tenant: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., className: _Optional[str] = ..., logTopic: _Optional[str] = ..., processingGuarantees: _Optional[_Union[ProcessingGuarantees, str]] = ..., userConfig: _Optional[str] = ..., secretsMap: _Optional[str] = ..., runtime: _Optional[_Union[FunctionDetails.Runtime, str]] = ..., autoAck: _Optional[bool] = ..., parallelism: _Optional[int] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., sink: _Optional[_Union[SinkSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., packageUrl: _Optional[str] = ..., retryDetails: _Optional[_Union[RetryDetails, _Mapping]] = ..., runtimeFlags: _Optional[str] = ..., componentType: _Optional[_Union[FunctionDetails.ComponentType, str]] = ..., customRuntimeOptions: _Optional[str] = ..., builtin: _Optional[str] = ..., retainOrdering: _Optional[bool] = ..., retainKeyOrdering: _Optional[bool] = ..., subscriptionPosition: _Optional[_Union[SubscriptionPosition, str]] = ...) -> None: ...
+    def __init__(self, tenant: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., className: _Optional[str] = ..., logTopic: _Optional[str] = ..., processingGuarantees: _Optional[_Union[ProcessingGuarantees, str]] = ..., userConfig: _Optional[str] = ..., secretsMap: _Optional[str] = ..., runtime: _Optional[_Union[FunctionDetails.Runtime, str]] = ..., autoAck: bool = ..., parallelism: _Optional[int] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., sink: _Optional[_Union[SinkSpec, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., packageUrl: _Optional[str] = ..., retryDetails: _Optional[_Union[RetryDetails, _Mapping]] = ..., runtimeFlags: _Optional[str] = ..., componentType: _Optional[_Union[FunctionDetails.ComponentType, str]] = ..., customRuntimeOptions: _Optional[str] = ..., builtin: _Optional[str] = ..., retainOrdering: bool = ..., retainKeyOrdering: bool = ..., subscriptionPosition: _Optional[_Union[SubscriptionPosition, str]] = ...) -> None: ...
 
 class ConsumerSpec(_message.Message):
     __slots__ = ("schemaType", "serdeClassName", "isRegexPattern", "receiverQueueSize", "schemaProperties", "consumerProperties", "cryptoSpec", "poolMessages")
@@ -177,7 +177,7 @@ class ConsumerSpec(_message.Message):
     consumerProperties: _containers.ScalarMap[str, str]
     cryptoSpec: CryptoSpec
     poolMessages: bool
-    def __init__(self, schemaType: _Optional[str] = ..., serdeClassName: _Optional[str] = ..., isRegexPattern: _Optional[bool] = ..., receiverQueueSize: _Optional[_Union[ConsumerSpec.ReceiverQueueSize, _Mapping]] = ..., schemaProperties: _Optional[_Mapping[str, str]] = ..., consumerProperties: _Optional[_Mapping[str, str]] = ..., cryptoSpec: _Optional[_Union[CryptoSpec, _Mapping]] = ..., poolMessages: _Optional[bool] = ...) -> None: ...
+    def __init__(self, schemaType: _Optional[str] = ..., serdeClassName: _Optional[str] = ..., isRegexPattern: bool = ..., receiverQueueSize: _Optional[_Union[ConsumerSpec.ReceiverQueueSize, _Mapping]] = ..., schemaProperties: _Optional[_Mapping[str, str]] = ..., consumerProperties: _Optional[_Mapping[str, str]] = ..., cryptoSpec: _Optional[_Union[CryptoSpec, _Mapping]] = ..., poolMessages: bool = ...) -> None: ...
 
 class ProducerSpec(_message.Message):
     __slots__ = ("maxPendingMessages", "maxPendingMessagesAcrossPartitions", "useThreadLocalProducers", "cryptoSpec", "batchBuilder", "compressionType")
@@ -193,7 +193,7 @@ class ProducerSpec(_message.Message):
     cryptoSpec: CryptoSpec
     batchBuilder: str
     compressionType: CompressionType
-    def __init__(self, maxPendingMessages: _Optional[int] = ..., maxPendingMessagesAcrossPartitions: _Optional[int] = ..., useThreadLocalProducers: _Optional[bool] = ..., cryptoSpec: _Optional[_Union[CryptoSpec, _Mapping]] = ..., batchBuilder: _Optional[str] = ..., compressionType: _Optional[_Union[CompressionType, str]] = ...) -> None: ...
+    def __init__(self, maxPendingMessages: _Optional[int] = ..., maxPendingMessagesAcrossPartitions: _Optional[int] = ..., useThreadLocalProducers: bool = ..., cryptoSpec: _Optional[_Union[CryptoSpec, _Mapping]] = ..., batchBuilder: _Optional[str] = ..., compressionType: _Optional[_Union[CompressionType, str]] = ...) -> None: ...
 
 class CryptoSpec(_message.Message):
     __slots__ = ("cryptoKeyReaderClassName", "cryptoKeyReaderConfig", "producerEncryptionKeyName", "producerCryptoFailureAction", "consumerCryptoFailureAction")
@@ -263,7 +263,7 @@ class SourceSpec(_message.Message):
     subscriptionPosition: SubscriptionPosition
     negativeAckRedeliveryDelayMs: int
     skipToLatest: bool
-    def __init__(self, className: _Optional[str] = ..., configs: _Optional[str] = ..., typeClassName: _Optional[str] = ..., subscriptionType: _Optional[_Union[SubscriptionType, str]] = ..., topicsToSerDeClassName: _Optional[_Mapping[str, str]] = ..., inputSpecs: _Optional[_Mapping[str, ConsumerSpec]] = ..., timeoutMs: _Optional[int] = ..., topicsPattern: _Optional[str] = ..., builtin: _Optional[str] = ..., subscriptionName: _Optional[str] = ..., cleanupSubscription: _Optional[bool] = ..., subscriptionPosition: _Optional[_Union[SubscriptionPosition, str]] = ..., negativeAckRedeliveryDelayMs: _Optional[int] = ..., skipToLatest: _Optional[bool] = ...) -> None: ...
+    def __init__(self, className: _Optional[str] = ..., configs: _Optional[str] = ..., typeClassName: _Optional[str] = ..., subscriptionType: _Optional[_Union[SubscriptionType, str]] = ..., topicsToSerDeClassName: _Optional[_Mapping[str, str]] = ..., inputSpecs: _Optional[_Mapping[str, ConsumerSpec]] = ..., timeoutMs: _Optional[int] = ..., topicsPattern: _Optional[str] = ..., builtin: _Optional[str] = ..., subscriptionName: _Optional[str] = ..., cleanupSubscription: bool = ..., subscriptionPosition: _Optional[_Union[SubscriptionPosition, str]] = ..., negativeAckRedeliveryDelayMs: _Optional[int] = ..., skipToLatest: bool = ...) -> None: ...
 
 class SinkSpec(_message.Message):
     __slots__ = ("className", "configs", "typeClassName", "topic", "producerSpec", "serDeClassName", "builtin", "schemaType", "forwardSourceMessageProperty", "schemaProperties", "consumerProperties")
@@ -303,7 +303,7 @@ class SinkSpec(_message.Message):
     forwardSourceMessageProperty: bool
     schemaProperties: _containers.ScalarMap[str, str]
     consumerProperties: _containers.ScalarMap[str, str]
-    def __init__(self, className: _Optional[str] = ..., configs: _Optional[str] = ..., typeClassName: _Optional[str] = ..., topic: _Optional[str] = ..., producerSpec: _Optional[_Union[ProducerSpec, _Mapping]] = ..., serDeClassName: _Optional[str] = ..., builtin: _Optional[str] = ..., schemaType: _Optional[str] = ..., forwardSourceMessageProperty: _Optional[bool] = ..., schemaProperties: _Optional[_Mapping[str, str]] = ..., consumerProperties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, className: _Optional[str] = ..., configs: _Optional[str] = ..., typeClassName: _Optional[str] = ..., topic: _Optional[str] = ..., producerSpec: _Optional[_Union[ProducerSpec, _Mapping]] = ..., serDeClassName: _Optional[str] = ..., builtin: _Optional[str] = ..., schemaType: _Optional[str] = ..., forwardSourceMessageProperty: bool = ..., schemaProperties: _Optional[_Mapping[str, str]] = ..., consumerProperties: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PackageLocationMetaData(_message.Message):
     __slots__ = ("packagePath", "originalFileName")
