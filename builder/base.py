@@ -84,7 +84,7 @@ def ensure_base(
     *,
     base_image: str,
     target: Target,
-    no_cache: bool = False,
+    rebuild: bool = False,
 ) -> BaseImage:
     """The runtime base for `base_image` and `target`, built when the engine lacks it."""
     base_id = engine.image_id(base_image)
@@ -98,7 +98,7 @@ def ensure_base(
     key = base_key(base_id, target, pins)
     tag = f"{_python_tag(target)}-{key[:12]}"
     ref = f"{BASE_REPOSITORY}:{tag}"
-    existing = None if no_cache else engine.image_id(ref)
+    existing = None if rebuild else engine.image_id(ref)
     if existing is not None:
         progress.stage(f"runtime base {ref} (present)")
         return BaseImage(ref, existing, False, _diff_ids(engine, ref))
@@ -119,7 +119,7 @@ def ensure_base(
         for event in engine.build(
             stream,
             tag=ref,
-            nocache=no_cache,
+            nocache=rebuild,
             buildargs={
                 "BASE_IMAGE": base_image,
                 "PYTHON_VERSION": target.python_version,

@@ -133,19 +133,19 @@ def build_image(
 
     platform = options.platform or f"manylinux_2_28_{engine.architecture()}"
     target = Target(options.python_version, platform)
+    deps = None
+    if plan.requirements:  # before the base: a requirement without wheels fails fast
+        deps = stager.stage(plan.requirements, target, constraints=runtime_requirements())
+        state = "cached" if deps.cached else "staged"
+        progress.stage(f"dependencies {state} ({deps.key[:12]}): {', '.join(plan.requirements)}")
     base = ensure_base(
         engine,
         stager,
         progress,
         base_image=options.base_image,
         target=target,
-        no_cache=options.no_cache,
+        rebuild=options.rebuild_base,
     )
-    deps = None
-    if plan.requirements:
-        deps = stager.stage(plan.requirements, target, constraints=runtime_requirements())
-        state = "cached" if deps.cached else "staged"
-        progress.stage(f"dependencies {state} ({deps.key[:12]}): {', '.join(plan.requirements)}")
 
     labels = {**plan.labels, "io.pulsarfunc.handler": image_ref}
     files = render_function(
@@ -155,6 +155,7 @@ def build_image(
             deps_key=deps.key if deps else "",
             handler_ref=image_ref,
             labels=tuple(sorted(labels.items())),
+            source_date_epoch=options.source_date_epoch,
         )
     )
     context = build_context(plan, files, deps)

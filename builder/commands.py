@@ -49,7 +49,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--requirements", type=Path, help="requirements file (default PATH/requirements.txt)"
     )
-    parser.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="rebuild the function's layers (not the base)"
+    )
+    parser.add_argument(
+        "--rebuild-base", action="store_true", help="rebuild the shared runtime base image too"
+    )
     parser.add_argument("--push", action="store_true", help="push the image after building")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -80,6 +85,7 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptio
         requirements=args.requirements,
         source_date_epoch=_epoch(env),
         no_cache=args.no_cache,
+        rebuild_base=args.rebuild_base,
         push=args.push,
     )
 
@@ -127,17 +133,20 @@ def build_main(
         args = _build_parser().parse_args(list(argv))
     except SystemExit as exc:
         return int(exc.code or 0)
+    engine = Engine.from_env(env)
     try:
         options = options_from(args, env)
         result = build_image(
             options,
-            engine=Engine.from_env(env),
+            engine=engine,
             stager=WheelStager(cache_root(env)),
             progress=Progress(err, quiet=args.quiet),
             revision=git_revision(options.path.resolve()),
         )
     except PulsarFuncError as exc:
         return _report_error(exc, args.json, out, err)
+    finally:
+        engine.close()
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=2), file=out)
     elif args.quiet:

@@ -56,6 +56,12 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise EngineError(f"Docker engine: {what} failed: {exc}", hint=_HINT) from exc
 
+    def close(self) -> None:
+        """Release the connection (if one was made)."""
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
     def architecture(self) -> str:
         """The engine's CPU architecture as Python wheels name it (x86_64, aarch64)."""
         info = self._call("info", self._client.info)

@@ -74,6 +74,7 @@ def _clean(pattern: str) -> str:
 
 @dataclass(frozen=True)
 class _Rule:
+    pattern: str
     regex: re.Pattern[str]
     negated: bool
 
@@ -90,8 +91,15 @@ class IgnoreRules:
             negated = line.startswith("!")
             cleaned = _clean(line[1:] if negated else line)
             if cleaned:
-                rules.append(_Rule(_translate(cleaned), negated))
+                rules.append(_Rule(cleaned, _translate(cleaned), negated))
         self._rules: Sequence[_Rule] = tuple(rules)
+
+    def may_reinclude_below(self, directory: str) -> bool:
+        """Whether a `!` pattern could re-include something below an excluded `directory`."""
+        return any(
+            rule.negated and (rule.pattern.startswith((f"{directory}/", "*", "?", "[")))
+            for rule in self._rules
+        )
 
     def excluded(self, relpath: str) -> bool:
         """True when `relpath` (POSIX, relative) or one of its parent directories is excluded."""

@@ -65,7 +65,8 @@ class BuildOptions:
     platform: str = ""  # "" = manylinux_2_28 for the engine's architecture
     requirements: Path | None = None
     source_date_epoch: int = 0
-    no_cache: bool = False
+    no_cache: bool = False  # the function image's layers; the runtime base is kept
+    rebuild_base: bool = False
     push: bool = False
 
 
@@ -125,7 +126,9 @@ def _walk(directory: Path, rules: IgnoreRules) -> list[tuple[Path, str]]:
         for name in sorted(dirnames):
             rel = name if rel_here == "." else f"{rel_here}/{name}"
             sub = here / name
-            if rules.excluded(rel) or (sub / "pyvenv.cfg").exists():
+            if (sub / "pyvenv.cfg").exists():
+                continue  # a virtualenv, whatever its name
+            if rules.excluded(rel) and not rules.may_reinclude_below(rel):
                 continue
             if sub.is_symlink():
                 raise PlanError(

@@ -62,6 +62,7 @@ class FunctionValues:
     deps_key: str
     handler_ref: str
     labels: tuple[tuple[str, str], ...]
+    source_date_epoch: int = 0
     runtime_version: str = __version__
     uid: int = IMAGE_UID
 

@@ -1,0 +1,142 @@
+"""BuildPlan: what lands where in the image, decided from the function's files alone."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from pulsarfunc.builder.errors import PlanError
+from pulsarfunc.builder.plan import BuildOptions, SourceKind, make_plan
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def _dests(plan_files: tuple[object, ...]) -> list[str]:
+    return [f.dest for f in plan_files]  # type: ignore[attr-defined]
+
+
+def test_single_file_goes_to_app(tmp_path: Path) -> None:
+    _write(tmp_path, {"fn.py": "def handler(x): return x\n", "requirements.txt": "six\n"})
+    plan = make_plan(BuildOptions(path=tmp_path / "fn.py", tag="t"))
+    assert plan.kind is SourceKind.FILE
+    assert _dests(plan.files) == ["app/fn.py"]
+    assert plan.image_ref() == "/app/fn.py"
+    assert plan.requirements == ()  # a single file has no implicit requirements.txt
+
+
+def test_directory_excludes_defaults_and_dockerignore(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "handler.py": "",
+            "lib/util.py": "",
+            "lib/__pycache__/util.cpython-311.pyc": "",
+            ".git/HEAD": "",
+            ".venv/bin/python": "",
+            "venv2/pyvenv.cfg": "",
+            "venv2/lib/x.py": "",
+            ".env": "SECRET=1",
+            "lib/.env": "SECRET=2",
+            "notes/draft.md": "",
+            "notes/keep.md": "",
+            ".dockerignore": "notes\n!notes/keep.md\n*.log\n",
+            "debug.log": "",
+            "sub/debug.log": "",
+        },
+    )
+    plan = make_plan(BuildOptions(path=tmp_path, tag="t"))
+    assert plan.kind is SourceKind.DIRECTORY
+    assert _dests(plan.files) == [
+        "app/handler.py",
+        "app/lib/util.py",
+        "app/notes/keep.md",
+        "app/sub/debug.log",  # `*.log` matches the top level only, as in Docker
+    ]
+
+
+def test_package_keeps_its_name_for_relative_imports() -> None:
+    plan = make_plan(BuildOptions(path=EXAMPLES / "wordstats" / "wordstats", tag="t"))
+    assert plan.kind is SourceKind.PACKAGE
+    assert "app/wordstats/counting.py" in _dests(plan.files)
+    assert "app/wordstats/stopwords.txt" in _dests(plan.files)
+    assert plan.image_target == PurePosixPath("/app/wordstats")
+
+
+def test_handler_module_selects_a_package_in_a_project(tmp_path: Path) -> None:
+    plan = make_plan(
+        BuildOptions(path=EXAMPLES / "wordstats", tag="t", handler="wordstats:handler")
+    )
+    assert plan.host_ref == f"{EXAMPLES / 'wordstats' / 'wordstats'}:handler"
+    assert plan.image_ref() == "/app/wordstats:handler"
+    assert plan.title == "wordstats"
+    assert plan.labels["org.opencontainers.image.version"] == "1.2.0"
+
+
+def test_image_ref_uses_the_file_the_host_check_found() -> None:
+    plan = make_plan(BuildOptions(path=EXAMPLES / "exclaim", tag="t"))
+    found = EXAMPLES / "exclaim" / "handler.py"
+    assert plan.image_ref("handler", found) == "/app/handler.py:handler"
+
+
+def test_requirements_merge_pyproject_and_requirements_txt(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "main.py": "",
+            "pyproject.toml": '[project]\nname = "demo"\ndependencies = ["a>=1", "b"]\n',
+            "requirements.txt": "# comment\n\nb\nc==2  # pinned\n",
+        },
+    )
+    plan = make_plan(BuildOptions(path=tmp_path, tag="t"), revision="abc123")
+    assert plan.requirements == ("a>=1", "b", "c==2")
+    assert plan.title == "demo"
+    assert plan.labels["org.opencontainers.image.revision"] == "abc123"
+    assert plan.labels["io.pulsarfunc.runtime.version"]
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [("-e ./lib", "'-e'"), ("./wheels/x.whl", "local path"), ("-r other.txt", "'-r'")],
+)
+def test_unsupported_requirement_lines_are_user_errors(
+    tmp_path: Path, line: str, found: str
+) -> None:
+    _write(tmp_path, {"main.py": "", "requirements.txt": f"six\n{line}\n"})
+    with pytest.raises(PlanError, match=r"requirements\.txt:2") as info:
+        make_plan(BuildOptions(path=tmp_path, tag="t"))
+    assert found in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "handler", "message"),
+    [
+        ("missing", None, "does not exist"),
+        ("notes.txt", None, "not a Python file"),
+        ("fn.py", "mod:handler", "single file"),
+        (".", "nope:handler", "module 'nope' not found"),
+        (".", "bad handler", "not of the form"),
+    ],
+)
+def test_bad_inputs_are_plan_errors(
+    tmp_path: Path, path: str, handler: str | None, message: str
+) -> None:
+    _write(tmp_path, {"fn.py": "", "notes.txt": ""})
+    with pytest.raises(PlanError, match=message):
+        make_plan(BuildOptions(path=tmp_path / path, tag="t", handler=handler))
+
+
+def test_file_modes_are_normalised(tmp_path: Path) -> None:
+    _write(tmp_path, {"main.py": "", "run.sh": "#!/bin/sh\n"})
+    (tmp_path / "run.sh").chmod(0o775)
+    (tmp_path / "main.py").chmod(0o600)
+    modes = {f.dest: f.mode for f in make_plan(BuildOptions(path=tmp_path, tag="t")).files}
+    assert modes == {"app/main.py": 0o644, "app/run.sh": 0o755}
