@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import queue
 import threading
@@ -42,6 +43,10 @@ _log = logging.getLogger("pulsarfunc.instance")
 
 _RECEIVE_TIMEOUT_MS = 100
 _LOCAL_ATTEMPTS_MAX = 100_000  # bound of the in-memory retry counter (see _attempts)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 class _Work:
@@ -246,6 +251,8 @@ class Instance:
             token = ctxmod.bind(ctx)
             try:
                 result = self.handler.call(ctx, value)
+                if inspect.isawaitable(result):  # a sync wrapper around a coroutine
+                    result = asyncio.run(_awaited(result))
                 outputs: Iterable[Any] = (
                     result if self.handler.yields else () if result is None else (result,)
                 )

@@ -120,15 +120,20 @@ def report(error: BaseException, *, debug: bool) -> int:
 
 
 def main_with(
-    handler: object, argv: Sequence[str], env: Mapping[str, str], *, where: str = ""
+    handler: object,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    where: str = "",
+    prog: str = "pulsarfunc run",
 ) -> int:
     """A function program's main: resolve config from argv/env, run; returns the exit code."""
     from pulsarfunc.runtime.config import resolve
 
-    debug = "--debug" in argv
+    debug = "--debug" in argv or env.get("PULSARFUNC_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
-        config = resolve(argv, env)
+        config = resolve(argv, env, prog=prog)
         run(spec, config, env=env, where=where)
     except Exception as exc:
         return report(exc, debug=debug)
@@ -145,7 +150,8 @@ def start(handler: Any, config: FunctionConfig | None = None) -> None:
     if config is not None:
         run(handler, config, env=os.environ)
         return
-    _exit(main_with(handler, sys.argv[1:], os.environ))
+    prog = os.environ.get("PULSARFUNC_PROG") or os.path.basename(sys.argv[0]) or "pulsarfunc"
+    _exit(main_with(handler, sys.argv[1:], os.environ, prog=prog))
 
 
 def _exit(code: int) -> NoReturn:
