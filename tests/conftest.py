@@ -344,12 +344,17 @@ def pulsar_client_site(pulsarfunc_cache: Path) -> Path:
     return stage_pulsar_client(pulsarfunc_cache / "wheels")
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Using the broker needs the mark (checked before any fixture starts), so counts are true."""
+    uses_broker = "pulsar" in getattr(item, "fixturenames", ())
+    if uses_broker and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.name} uses the `pulsar` fixture: mark it @pytest.mark.integration")
+
+
 @pytest.fixture(autouse=True)
 def _marker_requirements(request: pytest.FixtureRequest) -> None:
-    """`integration` brings up the broker, `docker` the engine; using the broker needs the mark."""
+    """`integration` brings up the broker and `docker` the engine, even when not asked for."""
     marks = {m.name for m in request.node.iter_markers()}
-    if "pulsar" in request.fixturenames and "integration" not in marks:
-        pytest.fail("this test uses the `pulsar` fixture: mark it @pytest.mark.integration")
     if "docker" in marks:
         request.getfixturevalue("docker_client")
     if "integration" in marks:

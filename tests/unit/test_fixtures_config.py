@@ -110,14 +110,17 @@ def test_needs_broker():
 
 def test_plain():
     pass
+
+def test_unmarked_but_uses_broker(pulsar):
+    pass
 """
 
 
 @pytest.mark.parametrize(
     ("ci", "expected"),
     [
-        ("", {"passed": 1, "skipped": 2}),
-        ("true", {"passed": 1, "errors": 2}),
+        ("", {"passed": 1, "skipped": 2, "errors": 1}),
+        ("true", {"passed": 1, "errors": 3}),
     ],
 )
 def test_unreachable_engine_skips_locally_but_is_an_error_under_ci(
@@ -140,4 +143,7 @@ def test_unreachable_engine_skips_locally_but_is_an_error_under_ci(
     result.assert_outcomes(**expected)
     reason = "CI=true, so this is an error, not a skip" if ci else "SKIPPED"
     result.stdout.fnmatch_lines([f"*{reason}*no Docker engine answers*"])
+    result.stdout.fnmatch_lines(
+        ["*test_unmarked_but_uses_broker*mark it @pytest.mark.integration*"]
+    )
     result.stdout.fnmatch_lines(["integration tests executed: 0 (none)"])
