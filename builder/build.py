@@ -21,7 +21,12 @@ from pulsarfunc.builder.errors import BuildError, EngineError
 from pulsarfunc.builder.normalize import history_layers, normalize
 from pulsarfunc.builder.plan import BuildOptions, BuildPlan, make_plan
 from pulsarfunc.builder.progress import BuildLog, Progress
-from pulsarfunc.builder.render import FunctionFiles, FunctionValues, render_function
+from pulsarfunc.builder.render import (
+    FunctionFiles,
+    FunctionValues,
+    function_name,
+    render_function,
+)
 from pulsarfunc.builder.validate import validate_on_host
 from pulsarfunc.builder.wheels import StagedDir, Target, WheelStager, runtime_requirements
 
@@ -156,6 +161,7 @@ def build_image(
             handler_ref=image_ref,
             labels=tuple(sorted(labels.items())),
             source_date_epoch=options.source_date_epoch,
+            function_name=function_name(plan.title),
         )
     )
     context = build_context(plan, files, deps)

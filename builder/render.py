@@ -6,6 +6,7 @@ the template needs but the builder forgot is an error at render time, not a brok
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -17,10 +18,22 @@ import jinja2
 import pulsarfunc.templates
 from pulsarfunc._version import __version__
 
-__all__ = ["IMAGE_UID", "FunctionFiles", "FunctionValues", "render_function", "render_template"]
+__all__ = [
+    "IMAGE_UID",
+    "FunctionFiles",
+    "FunctionValues",
+    "function_name",
+    "render_function",
+    "render_template",
+]
 
 #: The fixed non-root user (and group) function containers run as.
 IMAGE_UID = 10001
+
+
+def function_name(title: str) -> str:
+    """A Pulsar function name from the image title: letters, digits, `-`, `_` and `.` only."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", title).strip("-.") or "function"
 
 
 def dockerquote(value: object) -> str:
@@ -63,6 +76,7 @@ class FunctionValues:
     handler_ref: str
     labels: tuple[tuple[str, str], ...]
     source_date_epoch: int = 0
+    function_name: str = "function"
     runtime_version: str = __version__
     uid: int = IMAGE_UID
 

@@ -120,6 +120,7 @@ def test_exclaim_image_runs_against_the_broker(
 
     config = docker_client.images.get(tag).attrs["Config"]
     assert config["User"] == "10001:10001"
+    assert "PULSARFUNC_NAME=exclaim" in config["Env"]  # subscription public/default/exclaim
     assert config["Entrypoint"] == ["python3", "/opt/pulsarfunc/entrypoint.py"]
     labels = config["Labels"]
     assert labels["org.opencontainers.image.title"] == "exclaim"

@@ -11,6 +11,7 @@ import pytest
 from pulsarfunc.builder.render import (
     FunctionValues,
     dockerquote,
+    function_name,
     render_function,
     render_template,
 )
@@ -26,6 +27,7 @@ VALUES = FunctionValues(
         ("io.pulsarfunc.handler", "/app/handler.py:handler"),
         ("org.opencontainers.image.title", 'ex"claim $HOME'),
     ),
+    function_name="exclaim",
     runtime_version="0.0.0",
 )
 
@@ -61,6 +63,11 @@ def test_generated_python_compiles() -> None:
 def test_missing_value_fails_at_render_time() -> None:
     with pytest.raises(jinja2.UndefinedError):
         render_template("Dockerfile.j2", {"title": "x"})
+
+
+def test_function_name_is_a_valid_pulsar_name() -> None:
+    assert function_name("My Func/v2!") == "My-Func-v2"
+    assert function_name("...") == "function"
 
 
 def test_dockerquote_escapes_what_docker_would_expand() -> None:
