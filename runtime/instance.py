@@ -126,6 +126,9 @@ class Instance:
         self._stopping = threading.Event()
         self._attempts: OrderedDict[bytes, int] = OrderedDict()
         self._threads: list[threading.Thread] = []
+        self._receivers: list[threading.Thread] = []
+        self._loop_thread: threading.Thread | None = None
+        self._consuming = threading.Event()
         self._queues: list[queue.SimpleQueue[tuple[Source, InMessage] | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_sem: asyncio.Semaphore | None = None
@@ -143,8 +146,10 @@ class Instance:
             )
             for i, src in enumerate(self.broker.sources)
         ]
+        self._receivers = receivers
         for t in receivers:
             t.start()
+        self._consuming.set()
         if ready is not None:
             ready()
         while not self._stopping.wait(0.2):
@@ -162,6 +167,19 @@ class Instance:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def alive(self) -> bool:
+        """Liveness: every receiver, worker and event-loop thread runs (or we are stopping)."""
+        threads = [*self._receivers, *self._threads]
+        if self._loop_thread is not None:
+            threads.append(self._loop_thread)
+        return self._stopping.is_set() or all(t.is_alive() for t in threads)
+
+    @property
+    def ready(self) -> bool:
+        """Readiness: subscribed and consuming, and not stopping."""
+        return self._consuming.is_set() and not self._stopping.is_set() and self.alive
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no message is in flight; False if the deadline passed first."""

@@ -7,6 +7,7 @@ Start-up errors surface before any connection is made: a bad handler or configur
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -53,15 +54,26 @@ def run(
 ) -> None:
     """Run `handler` as a function instance until stopped (signal or `stop` event)."""
     from pulsarfunc.runtime.broker import PulsarBroker
+    from pulsarfunc.runtime.exposition import serving
     from pulsarfunc.runtime.instance import Instance
+    from pulsarfunc.runtime.logtopic import publishing_logs
+    from pulsarfunc.runtime.metrics import Metrics
 
     spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
     config = complete(config, spec)
     setup_logging(config)
     _log.info("starting %s: %s", config.fqfn, spec.describe())
-    broker = PulsarBroker(config)
-    try:
-        instance = Instance(config, spec, broker, secrets=SecretsMap(config.secrets, env or {}))
+    metrics = Metrics()
+    with contextlib.ExitStack() as ops:  # closes in reverse: log topic, broker, metrics server
+        server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
+        broker = PulsarBroker(config)
+        ops.callback(broker.close)
+        ops.enter_context(publishing_logs(config, broker))
+        instance = Instance(
+            config, spec, broker, secrets=SecretsMap(config.secrets, env or {}), metrics=metrics
+        )
+        if server is not None:
+            server.watch(instance)
         restore = _on_signals(instance.stop)
         if stop is not None:
 
@@ -88,8 +100,6 @@ def run(
             snap.user_exceptions,
             snap.dead_lettered,
         )
-    finally:
-        broker.close()
 
 
 def _on_signals(stop: Callable[[], None]) -> Callable[[], None]:
