@@ -59,7 +59,7 @@ def test_every_output_is_sent_and_its_input_acked_after_the_send() -> None:
     with started(upper, broker):
         wait_for(lambda: len(broker.sources[0].acked) == 50)
     assert sorted(payloads(broker)) == sorted(f"M{i}".encode() for i in range(50))
-    assert broker.flushed == 1
+    assert broker.flushed >= 1  # per batch in batch mode, and once more at the stop
 
 
 def test_no_output_topic_still_acks() -> None:
