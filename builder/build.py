@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pulsarfunc.builder.base import BaseImage, ensure_base
 from pulsarfunc.builder.context import BuildContext
@@ -100,16 +101,28 @@ def build_context(plan: BuildPlan, files: FunctionFiles, deps: StagedDir | None)
     return context
 
 
+def _layer_counts(engine: Engine, history_oldest_first: list[dict[str, Any]]) -> list[int | None]:
+    """Layers of each history entry's image where the engine still has it (classic steps)."""
+    counts: list[int | None] = []
+    for entry in history_oldest_first:
+        image = str(entry.get("Id") or "")
+        known = image.startswith("sha256:") and engine.image_id(image) is not None
+        counts.append(len(engine.inspect(image)["RootFS"]["Layers"]) if known else None)
+    return counts
+
+
 def _layer_reports(
-    engine: Engine, image: str, base: BaseImage, log: BuildLog, has_deps: bool
+    engine: Engine,
+    image: str,
+    base: BaseImage,
+    log: BuildLog,
+    has_deps: bool,
+    counts: list[int | None],
 ) -> tuple[LayerReport, ...]:
     diff_ids = list(engine.inspect(image)["RootFS"]["Layers"])
     history = list(reversed(engine.history(image)))
-    sizes = [
-        int(entry.get("Size") or 0)
-        for entry, layer in zip(history, history_layers(history, len(diff_ids)), strict=True)
-        if layer
-    ]
+    made = history_layers(history, len(diff_ids), counts)
+    sizes = [int(e.get("Size") or 0) for e, layer in zip(history, made, strict=True) if layer]
     roles = ["dependencies", "code"] if has_deps else ["code"]
     prefixes = {"dependencies": "COPY deps/", "code": "COPY code/"}
     own = list(zip(diff_ids, sizes, strict=True))[len(base.diff_ids) :]
@@ -179,9 +192,10 @@ def build_image(
             "handler does not import inside the image (a missing native library or dependency)",
             log=list(log.tail),
         )
-    layers = _layer_reports(engine, log.image_id, base, log, deps is not None)
+    counts = _layer_counts(engine, list(reversed(engine.history(log.image_id))))
+    layers = _layer_reports(engine, log.image_id, base, log, deps is not None, counts)
     repo, tag = split_tag(options.tag)
-    image_id, reproducible = _finalize(engine, log.image_id, options, repo, tag, progress)
+    image_id, reproducible = _finalize(engine, log.image_id, options, repo, tag, counts, progress)
     size = int(engine.inspect(image_id).get("Size") or 0)
     pushed = _push(engine, repo, tag, progress) if options.push else ""
     return BuildResult(
@@ -200,7 +214,13 @@ def build_image(
 
 
 def _finalize(
-    engine: Engine, raw_id: str, options: BuildOptions, repo: str, tag: str, progress: Progress
+    engine: Engine,
+    raw_id: str,
+    options: BuildOptions,
+    repo: str,
+    tag: str,
+    counts: list[int | None],
+    progress: Progress,
 ) -> tuple[str, bool]:
     """Tag the image with a reproducible id; falls back to the engine's id when impossible."""
     try:
@@ -209,6 +229,7 @@ def _finalize(
             engine.history(raw_id),
             epoch=options.source_date_epoch,
             repo_tag=f"{repo}:{tag}",
+            layer_counts=counts,
         )
     except ValueError as exc:
         progress.stage(f"image id not normalised ({exc}); tagging the engine's image")

@@ -24,7 +24,7 @@ from typing import Any
 __all__ = ["NormalizedImage", "history_layers", "normalize"]
 
 _METADATA = re.compile(
-    r"^(?:/bin/sh -c #\(nop\)\s+(?!COPY |ADD )|"
+    r"^(?:/bin/sh -c #\(nop\)\s+(?!COPY |ADD |WORKDIR )|"
     r"(?:ENV|CMD|LABEL|ARG|ENTRYPOINT|EXPOSE|USER|STOPSIGNAL|SHELL|VOLUME|HEALTHCHECK|"
     r"ONBUILD|MAINTAINER) )"
 )
@@ -39,21 +39,19 @@ class NormalizedImage:
     archive: bytes
 
 
-def history_layers(history_oldest_first: Sequence[Mapping[str, Any]], layers: int) -> list[bool]:
-    """For each history entry, whether it made a layer; raises ValueError when ambiguous.
-
-    The history API does not return `empty_layer`; it is recovered from the commands (metadata
-    instructions make no layer), the sizes (a non-zero size is a layer) and the layer count.
-    """
+def _resolve(entries: Sequence[Mapping[str, Any]], layers: int) -> list[bool]:
+    """Which of `entries` made a layer, knowing they made `layers` layers in all."""
+    if len(entries) == 1 and layers in (0, 1):
+        return [layers == 1]
     definite: list[bool | None] = []
-    for entry in history_oldest_first:
+    for entry in entries:
         created_by = str(entry.get("CreatedBy") or "")
         if int(entry.get("Size") or 0) > 0 or (not created_by and entry.get("Comment")):
             definite.append(True)
         elif _METADATA.match(created_by):
             definite.append(False)
         else:
-            definite.append(None)  # e.g. a RUN that wrote nothing, or deleted only
+            definite.append(None)  # e.g. a RUN or WORKDIR that may have written nothing
     known = sum(1 for d in definite if d)
     unknown = sum(1 for d in definite if d is None)
     if known == layers:
@@ -66,6 +64,32 @@ def history_layers(history_oldest_first: Sequence[Mapping[str, Any]], layers: in
     )
 
 
+def history_layers(
+    history_oldest_first: Sequence[Mapping[str, Any]],
+    layers: int,
+    layer_counts: Sequence[int | None] | None = None,
+) -> list[bool]:
+    """For each history entry, whether it made a layer; raises ValueError when undecidable.
+
+    The history API does not return `empty_layer`. Where an entry's image is still in the
+    engine (every step of a local classic build is), `layer_counts` gives that image's number
+    of layers, which settles it; the rest (e.g. a pulled base's older entries) is recovered
+    from the commands (metadata makes no layer), the sizes and the number of layers left.
+    """
+    counts = list(layer_counts or [None] * len(history_oldest_first))
+    result: list[bool] = []
+    start, before = 0, 0
+    for index, count in enumerate(counts):
+        if count is not None:
+            result += _resolve(history_oldest_first[start : index + 1], count - before)
+            start, before = index + 1, count
+    if start < len(history_oldest_first):
+        result += _resolve(history_oldest_first[start:], layers - before)
+    elif before != layers:
+        raise ValueError(f"the history accounts for {before} layers, the image has {layers}")
+    return result
+
+
 def _timestamp(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -76,11 +100,15 @@ def normalize(
     *,
     epoch: int,
     repo_tag: str,
+    layer_counts: Sequence[int | None] | None = None,
 ) -> NormalizedImage:
-    """The canonical config of an image from its `inspect` and `history`, loadable as `repo_tag`."""
+    """The canonical config of an image from its `inspect` and `history`, loadable as `repo_tag`.
+
+    `layer_counts` (oldest first, None where unknown) is passed on to `history_layers`.
+    """
     diff_ids = list(inspect["RootFS"]["Layers"])
     history = list(reversed(history_newest_first))
-    made_layer = history_layers(history, len(diff_ids))
+    made_layer = history_layers(history, len(diff_ids), layer_counts)
     created = _timestamp(epoch)
     entries: list[dict[str, Any]] = []
     for entry, layer in zip(history, made_layer, strict=True):

@@ -19,16 +19,12 @@ import pulsarfunc.templates
 from pulsarfunc._version import __version__
 
 __all__ = [
-    "IMAGE_UID",
     "FunctionFiles",
     "FunctionValues",
     "function_name",
     "render_function",
     "render_template",
 ]
-
-#: The fixed non-root user (and group) function containers run as.
-IMAGE_UID = 10001
 
 
 def function_name(title: str) -> str:
@@ -78,7 +74,6 @@ class FunctionValues:
     source_date_epoch: int = 0
     function_name: str = "function"
     runtime_version: str = __version__
-    uid: int = IMAGE_UID
 
 
 @dataclass(frozen=True)

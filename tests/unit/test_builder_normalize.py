@@ -113,3 +113,19 @@ def test_buildkit_style_history_is_understood() -> None:
         {"CreatedBy": 'CMD ["python3"]', "Size": 0},
     ]
     assert history_layers(entries, 2) == [True, False, True, False]
+
+
+def test_known_layer_counts_settle_what_commands_cannot() -> None:
+    # A pulled base (older entries unknown), then local classic steps whose images the engine
+    # still has: WORKDIR made a layer here (it created /app), the RUN made none.
+    entries = [
+        {"CreatedBy": "# debian.sh", "Comment": "debuerreotype", "Size": 74_000_000},
+        {"CreatedBy": 'CMD ["python3"]', "Size": 0},
+        {"CreatedBy": "/bin/sh -c #(nop) WORKDIR /app", "Size": 0},
+        {"CreatedBy": "/bin/sh -c python3 -c 'print(1)'", "Size": 0},
+        {"CreatedBy": "/bin/sh -c #(nop) COPY dir:1 in / ", "Size": 10},
+    ]
+    counts = [None, 1, 2, 2, 3]
+    assert history_layers(entries, 3, counts) == [True, False, True, False, True]
+    with pytest.raises(ValueError, match="accounts for 3 layers"):
+        history_layers(entries, 4, counts)
