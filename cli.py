@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pulsarfunc {__version__}")
         return 0
     if command == "run":
-        return _run(rest)
+        from pulsarfunc.runtime.start import hard_exit
+
+        hard_exit(_run(rest))  # see hard_exit: the client's threads must not outlive us
     if command == "check":
         return _check(rest)
     if command in ("build", "init"):

@@ -161,9 +161,17 @@ def start(handler: Any, config: FunctionConfig | None = None) -> None:
         run(handler, config, env=os.environ)
         return
     prog = os.environ.get("PULSARFUNC_PROG") or os.path.basename(sys.argv[0]) or "pulsarfunc"
-    _exit(main_with(handler, sys.argv[1:], os.environ, prog=prog))
+    hard_exit(main_with(handler, sys.argv[1:], os.environ, prog=prog))
 
 
-def _exit(code: int) -> NoReturn:
+def hard_exit(code: int) -> NoReturn:
+    """Exit now, skipping interpreter finalisation.
+
+    Everything is closed and flushed by then. pulsar-client's C++ threads can still call back
+    into Python while the interpreter tears down, which aborts the process ("terminate called
+    without an active exception", exit -6) instead of exiting with `code`.
+    """
+    logging.shutdown()
     sys.stdout.flush()
-    sys.exit(code)
+    sys.stderr.flush()
+    os._exit(code)
