@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from pulsarfunc.builder.render import (
     function_name,
     render_function,
 )
-from pulsarfunc.builder.validate import validate_on_host
+from pulsarfunc.builder.validate import host_runs_target, validate_on_host, validate_with_deps
 from pulsarfunc.builder.wheels import StagedDir, Target, WheelStager, runtime_requirements
 
 __all__ = ["BuildResult", "LayerReport", "build_context", "build_image", "git_revision"]
@@ -140,10 +140,12 @@ def build_image(
     stager: WheelStager,
     progress: Progress,
     revision: str = "",
+    env: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> BuildResult:
     """Build the function image `options` describe; raises UserError/BuildError/EngineError."""
     started = clock()
+    env = {} if env is None else env
     plan = make_plan(options, revision=revision)
     check = validate_on_host(plan)
     image_ref = plan.image_ref(check.attr, check.file)
@@ -156,6 +158,10 @@ def build_image(
         deps = stager.stage(plan.requirements, target, constraints=runtime_requirements())
         state = "cached" if deps.cached else "staged"
         progress.stage(f"dependencies {state} ({deps.key[:12]}): {', '.join(plan.requirements)}")
+        if check.deferred and host_runs_target(target.python_version, target.platform):
+            check = validate_with_deps(plan, deps.path, env)
+            image_ref = plan.image_ref(check.attr, check.file)
+            progress.stage(f"handler {image_ref}: {check.description}")
     base = ensure_base(
         engine,
         stager,

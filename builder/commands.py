@@ -142,6 +142,7 @@ def build_main(
             stager=WheelStager(cache_root(env)),
             progress=Progress(err, quiet=args.quiet),
             revision=git_revision(options.path.resolve()),
+            env=env,
         )
     except PulsarFuncError as exc:
         return _report_error(exc, args.json, out, err)
