@@ -399,6 +399,12 @@ def _named_after(config: FunctionConfig, image: str) -> FunctionConfig:
 
 
 def _warnings(config: FunctionConfig, opts: ManifestOptions, err: TextIO) -> None:
+    if "--service-url" not in opts.args:
+        print(
+            f"pulsarfunc: warning: no --service-url: the pods will connect to "
+            f"{config.service_url} unless PULSARFUNC_SERVICE_URL is set on them",
+            file=err,
+        )
     if opts.replicas > 1 and config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE:
         print(
             "pulsarfunc: warning: effectively-once names its producers after the instance id, "
