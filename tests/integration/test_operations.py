@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pulsar_helpers import PulsarBroker, produce, subscribe_first, unique_topic
+from pulsar_helpers import PulsarBroker, Received, produce, subscribe_first, unique_topic
 from runtime_harness import config_for, running, wait_for
 
 from pulsarfunc import Context
@@ -162,7 +162,7 @@ def test_log_topic_receives_the_functions_records(pulsar: PulsarBroker) -> None:
     config = config_for(pulsar.service_url, src, name="chatty", instance_id=1, log_topic=logs)
     with subscribe_first(pulsar.service_url, logs) as log_sink, running(chatty, config):
         ids = produce(pulsar.service_url, src, [b"one", b"two"])
-        records = []
+        records: list[Received] = []
         while len(records) < 2:  # the runtime's own start-up lines come first
             (got,) = log_sink.collect(1, timeout_s=30)
             if got.data.startswith(b"handling"):
