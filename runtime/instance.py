@@ -47,6 +47,13 @@ _LOCAL_ATTEMPTS_MAX = 100_000  # bound of the in-memory retry counter (see _atte
 _BATCH_MAX = 1000  # messages taken from the client per receive
 
 
+def _resolve(future: concurrent.futures.Future[None], error: Exception | None) -> None:
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
@@ -448,30 +455,36 @@ class Instance:
             ),
         )
 
-    def _send(self, work: _Work | None, out: OutMessage) -> concurrent.futures.Future[None]:
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    def _send(
+        self,
+        work: _Work | None,
+        out: OutMessage,
+        future: concurrent.futures.Future[None] | None = None,
+    ) -> None:
+        """Send `out`; while `work` is unsettled, its settling waits for the receipt.
+
+        `future` (for context.publish) gets the outcome; outputs pass none, to keep the hot
+        path free of per-message synchronisation objects.
+        """
         receipts = work.batch if work is not None else None
-        if receipts is not None and not work.settled:  # type: ignore[union-attr]
+        if work is not None and receipts is not None and not work.settled:
             receipts.issued += 1
+            owner = work
 
             def receipt(error: Exception | None) -> None:
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
-                    if self._track_sends:
-                        self._fail(work, error, user=False)  # type: ignore[arg-type]
+                if error is not None and self._track_sends:
+                    self._fail(owner, error, user=False)
+                if future is not None:
+                    _resolve(future, error)
                 receipts.done.append(None)
 
             self.broker.send(out, receipt)
-            return future
+            return
         tracked = work is not None and self._track_sends and self._hold(work)
 
         def done(error: Exception | None) -> None:
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
+            if future is not None:
+                _resolve(future, error)
             if tracked:
                 assert work is not None
                 if error is not None:
@@ -479,7 +492,6 @@ class Instance:
                 self._release(work)
 
         self.broker.send(out, done)
-        return future
 
     def _hold(self, work: _Work) -> bool:
         with self._lock:
@@ -499,8 +511,9 @@ class Instance:
         event_timestamp: int | None,
     ) -> concurrent.futures.Future[None]:
         work = owner if isinstance(owner, _Work) else None
-        out = OutMessage(topic, payload, key, properties, event_timestamp)
-        return self._send(work, out)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._send(work, OutMessage(topic, payload, key, properties, event_timestamp), future)
+        return future
 
     def ack(self, owner: Any) -> None:
         if isinstance(owner, _Work) and not owner.acked:

@@ -8,8 +8,7 @@ real client's messages cross the seam without being copied.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class MessageId(Protocol):
@@ -60,9 +59,8 @@ SendCallback = Callable[[Exception | None], None]
 """Called once a send is persisted (None) or has failed (the error); from any thread."""
 
 
-@dataclass(frozen=True)
-class OutMessage:
-    """One message to produce."""
+class OutMessage(NamedTuple):
+    """One message to produce (a tuple: built once per output on the hot path)."""
 
     topic: str
     payload: bytes

@@ -86,9 +86,10 @@ def test_sigterm_drains_in_flight_work_and_loses_nothing(
     pulsar: PulsarBroker, tmp_path: Path
 ) -> None:
     src, out = unique_topic("in"), unique_topic("out")
-    total = 2000
+    total = 3000
     produce(pulsar.service_url, src, [f"m{i}".encode() for i in range(total)])
-    args = flags(pulsar, src, out, "--concurrency", "4")
+    # A small receiver queue keeps most of the backlog in the broker when SIGTERM comes.
+    args = flags(pulsar, src, out, "--concurrency", "4", "--receiver-queue-size", "100")
     with subscribe_first(pulsar.service_url, out) as sink:
         with localrun(str(FNS / "slow.py"), args, log=tmp_path / "first.log") as proc:
             first = sink.collect(300, timeout_s=60)  # mid-stream
@@ -98,15 +99,17 @@ def test_sigterm_drains_in_flight_work_and_loses_nothing(
             drain_s = time.monotonic() - signalled
         assert code == 0, (tmp_path / "first.log").read_text()
         assert drain_s < 10
+        seen = {r.data for r in first}
+        received = len(first)
         with localrun(str(FNS / "slow.py"), args, log=tmp_path / "second.log") as proc:
-            seen = {r.data for r in first}
-            received = len(first)
             while len(seen) < total:
                 batch = sink.collect(1, timeout_s=60)
                 received += len(batch)
                 seen.update(r.data for r in batch)
+            second_log = tmp_path / "second.log"
+            assert "consuming" in second_log.read_text()  # it ran: work was left after the stop
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
+            assert proc.wait(30) == 0, second_log.read_text()
     assert seen == {f"M{i}".encode() for i in range(total)}
     print(f"SIGTERM drain: {drain_s:.2f} s; duplicates after restart: {received - total}")
 
