@@ -155,7 +155,7 @@ def build_image(
     target = Target(options.python_version, platform)
     deps = None
     if plan.requirements:  # before the base: a requirement without wheels fails fast
-        deps = stager.stage(plan.requirements, target, constraints=runtime_requirements())
+        deps = stager.stage(plan.requirements, target, provided=runtime_requirements())
         state = "cached" if deps.cached else "staged"
         progress.stage(f"dependencies {state} ({deps.key[:12]}): {', '.join(plan.requirements)}")
         if check.deferred and host_runs_target(target.python_version, target.platform):

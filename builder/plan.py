@@ -173,20 +173,30 @@ def _module_target(base: Path, module: str) -> Path:
 
 
 def _requirements(options: BuildOptions, root: Path, kind: SourceKind) -> tuple[str, ...]:
-    """Requirements from --requirements, else the directory's requirements.txt + pyproject."""
+    """Requirements from --requirements, else the directory's pyproject + requirements.txt.
+
+    `pulsarfunc` itself is dropped: the runtime base provides it (and a function's pyproject
+    often lists it).
+    """
+    found: list[str] = []
     if options.requirements is not None:
         if not options.requirements.is_file():
             raise PlanError(
                 f"--requirements {options.requirements} does not exist",
                 hint="pass the path of a requirements.txt file",
             )
-        return tuple(read_requirements_file(options.requirements))
-    if kind is SourceKind.FILE:
-        return ()
-    found = list(read_project(root / "pyproject.toml").dependencies)
-    if (root / "requirements.txt").is_file():
-        found += read_requirements_file(root / "requirements.txt")
-    return tuple(dict.fromkeys(found))
+        found = read_requirements_file(options.requirements)
+    elif kind is not SourceKind.FILE:
+        found = list(read_project(root / "pyproject.toml").dependencies)
+        if (root / "requirements.txt").is_file():
+            found += read_requirements_file(root / "requirements.txt")
+    kept = [r for r in found if _dist_name(r) != "pulsarfunc"]
+    return tuple(dict.fromkeys(kept))
+
+
+def _dist_name(requirement: str) -> str:
+    name = re.split(r"[^A-Za-z0-9_.-]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _kind(path: Path) -> SourceKind:

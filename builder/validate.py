@@ -56,7 +56,7 @@ def validate_on_host(plan: BuildPlan) -> HostCheck:
             raise
         return HostCheck(
             attr=plan.attr,
-            description=f"import needs {missing!r} (not installed here): checked with the staged wheels",
+            description=f"import needs {missing!r} (not installed here): checked later",
             deferred=True,
         )
     handler = inspect_handler(loaded.obj, where=loaded.where)

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Bump when the layout of a staged directory changes, so old cache entries are not reused.
-STAGING_FORMAT = 1
+STAGING_FORMAT = 2
 
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 _NO_VERSION = re.compile(r"Could not find a version that satisfies the requirement (\S+)")
@@ -127,17 +127,22 @@ class WheelStager:
         self.pip = list(pip)
 
     def stage(
-        self, requirements: Sequence[str], target: Target, constraints: Sequence[str] = ()
+        self, requirements: Sequence[str], target: Target, provided: Sequence[str] = ()
     ) -> StagedDir:
-        """The site directory for `requirements`, installing it on a cache miss."""
-        key = requirements_key(requirements, target, constraints)
+        """The site directory for `requirements`, installing it on a cache miss.
+
+        `provided` pins what the image already has (the runtime's dependencies): resolution is
+        constrained to those versions, and their copies are left out of the staged directory.
+        """
+        key = requirements_key(requirements, target, provided)
         final = self.cache / "wheels" / key
         if (final / "site").is_dir():
             return StagedDir(final / "site", key, cached=True)
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
         try:
-            self._install(requirements, constraints, target, work)
+            self._install(requirements, provided, target, work)
+            _drop_distributions(work / "site", [_package_name(p) for p in provided])
             try:
                 os.rename(work, final)
             except OSError:  # another build staged the same key meanwhile: use theirs
@@ -188,3 +193,26 @@ def _prune(site: Path) -> None:
     shutil.rmtree(site / "bin", ignore_errors=True)
     for cache_dir in sorted(site.rglob("__pycache__"), reverse=True):
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _drop_distributions(site: Path, names: Sequence[str]) -> None:
+    """Remove installed distributions `names` (files listed in their RECORD, then the record)."""
+    wanted = {_canonical(n) for n in names}
+    for info in sorted(site.glob("*.dist-info")):
+        if _canonical(info.name.removesuffix(".dist-info").rsplit("-", 1)[0]) not in wanted:
+            continue
+        record = info / "RECORD"
+        entries = record.read_text().splitlines() if record.is_file() else []
+        for row in entries:
+            relative = row.split(",", 1)[0]
+            path = (site / relative).resolve()
+            if path.is_relative_to(site.resolve()) and path.is_file():
+                path.unlink()
+        shutil.rmtree(info, ignore_errors=True)
+    for directory in sorted((d for d in site.rglob("*") if d.is_dir()), reverse=True):
+        if not any(directory.iterdir()):
+            directory.rmdir()

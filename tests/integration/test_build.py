@@ -197,7 +197,10 @@ def test_code_only_change_rebuilds_only_the_code_layer(
     first_tag, second_tag = image_tag("slug-a"), image_tag("slug-b")
     first = built([str(function), "-t", first_tag])
     handler = function / "handler.py"
-    handler.write_text(handler.read_text().replace("slugify(title)", "slugify(title) + '-v2'"))
+    # a change no earlier run made, so the engine cannot have this code layer cached
+    suffix = uuid.uuid4().hex[:8]
+    edited = handler.read_text().replace("slugify(title)", f"slugify(title) + '-{suffix}'")
+    handler.write_text(edited)
     second = built([str(function), "-t", second_tag])
 
     deps_a, code_a = first["layers"]

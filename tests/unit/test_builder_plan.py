@@ -92,7 +92,8 @@ def test_requirements_merge_pyproject_and_requirements_txt(tmp_path: Path) -> No
         tmp_path,
         {
             "main.py": "",
-            "pyproject.toml": '[project]\nname = "demo"\ndependencies = ["a>=1", "b"]\n',
+            "pyproject.toml": '[project]\nname = "demo"\n'
+            'dependencies = ["a>=1", "b", "PulsarFunc>=0.1"]\n',
             "requirements.txt": "# comment\n\nb\nc==2  # pinned\n",
         },
     )

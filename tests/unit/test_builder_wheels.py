@@ -37,6 +37,12 @@ if "sdistonly" in reqs:
 (site / "mod" / "__pycache__").mkdir(parents=True)
 (site / "mod" / "__init__.py").write_text("VALUE = 1\\n")
 (site / "mod" / "__pycache__" / "x.pyc").write_text("")
+# a copy of a runtime dependency, as pip installs one a requirement depends on
+(site / "protobuf-6.33.6.dist-info").mkdir()
+(site / "google" / "protobuf").mkdir(parents=True)
+(site / "google" / "protobuf" / "__init__.py").write_text("")
+(site / "protobuf-6.33.6.dist-info" / "RECORD").write_text(
+    "google/protobuf/__init__.py,,\\nprotobuf-6.33.6.dist-info/RECORD,,\\n")
 """
 
 
@@ -62,13 +68,16 @@ def test_key_is_stable_and_sensitive_to_every_input() -> None:
 
 def test_stage_installs_once_then_reuses(stager: tuple[WheelStager, Path]) -> None:
     wheel_stager, script = stager
-    first = wheel_stager.stage(["mod==1"], TARGET, ["pulsar-client==3.13.0"])
-    again = wheel_stager.stage(["mod==1"], TARGET, ["pulsar-client==3.13.0"])
+    first = wheel_stager.stage(["mod==1"], TARGET, ["protobuf==6.33.6"])
+    again = wheel_stager.stage(["mod==1"], TARGET, ["protobuf==6.33.6"])
     assert (first.cached, again.cached) == (False, True)
     assert first.path == again.path
     assert (first.path / "mod" / "__init__.py").read_text() == "VALUE = 1\n"
     assert not (first.path / "bin").exists()  # host-specific script shebangs never ship
     assert not list(first.path.rglob("__pycache__"))
+    # what the runtime base provides is not shipped twice
+    assert not (first.path / "google").exists()
+    assert not list(first.path.glob("protobuf-*.dist-info"))
     calls = script.with_suffix(".calls").read_text().splitlines()
     assert len(calls) == 1
     flags = ("--platform manylinux_2_28_x86_64", "--python-version 3.11", "--only-binary=:all:")
