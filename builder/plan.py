@@ -42,6 +42,11 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 DEFAULT_PYTHON_VERSION = "3.11"
 APP_DIR = PurePosixPath("/app")
 
+# Docker's reference grammar, simplified: [registry[:port]/]name[/name...][:tag]
+_TAG_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+)
 _HANDLER_RE = re.compile(r"^(?:(?P<module>[A-Za-z_][\w.]*):)?(?P<attr>[A-Za-z_][\w.]*)$")
 
 
@@ -214,6 +219,11 @@ def _kind(path: Path) -> SourceKind:
 
 def make_plan(options: BuildOptions, *, revision: str = "") -> BuildPlan:
     """Decide the image content for `options`; `revision` is the git commit, if any."""
+    if not _TAG_RE.match(options.tag):
+        raise PlanError(
+            f"-t {options.tag!r} is not a valid image name",
+            hint="use lowercase name[:tag], e.g. -t myfunc:dev or -t registry:5000/team/myfunc:1.0",
+        )
     path = options.path.resolve()
     kind = _kind(path)
     module, attr = _parse_handler(options.handler)

@@ -141,3 +141,16 @@ def test_file_modes_are_normalised(tmp_path: Path) -> None:
     (tmp_path / "main.py").chmod(0o600)
     modes = {f.dest: f.mode for f in make_plan(BuildOptions(path=tmp_path, tag="t")).files}
     assert modes == {"app/main.py": 0o644, "app/run.sh": 0o755}
+
+
+@pytest.mark.parametrize("tag", ["fn", "fn:dev", "127.0.0.1:5000/team/fn:1.0", "a.b/c_d-e:V1.2"])
+def test_valid_tags(tmp_path: Path, tag: str) -> None:
+    _write(tmp_path, {"fn.py": ""})
+    assert make_plan(BuildOptions(path=tmp_path / "fn.py", tag=tag)).options.tag == tag
+
+
+@pytest.mark.parametrize("tag", ["", "MyFunc", "fn:", "fn:has space", "-fn", "fn/"])
+def test_invalid_tags_are_plan_errors(tmp_path: Path, tag: str) -> None:
+    _write(tmp_path, {"fn.py": ""})
+    with pytest.raises(PlanError, match="not a valid image name"):
+        make_plan(BuildOptions(path=tmp_path / "fn.py", tag=tag))
