@@ -138,7 +138,16 @@ def ensure_base(
         )
     engine.tag(ref, BASE_REPOSITORY, _python_tag(target))
     progress.stage(f"runtime base {ref} built")
+    _untag_older(engine, ref, f"{BASE_REPOSITORY}:{_python_tag(target)}-")
     return BaseImage(ref, log.image_id, True, _diff_ids(engine, ref))
+
+
+def _untag_older(engine: Engine, current: str, prefix: str) -> None:
+    """Drop the tags of superseded bases of this release and Python (a runtime change during
+    development makes a new key); their images stay while function images still use them."""
+    for old in engine.tags(BASE_REPOSITORY):
+        if old.startswith(prefix) and old != current:
+            engine.remove(old)
 
 
 def _diff_ids(engine: Engine, ref: str) -> tuple[str, ...]:

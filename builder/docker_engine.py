@@ -122,6 +122,21 @@ class Engine:
             if isinstance(event, dict) and event.get("error"):
                 raise EngineError(f"Docker engine: load failed: {event['error']}", hint=_HINT)
 
+    def tags(self, repository: str) -> list[str]:
+        """Every `repository:tag` the engine has for `repository`."""
+        images = self._call(f"list {repository}", lambda: self._client.images(name=repository))
+        return sorted(t for image in images for t in image.get("RepoTags") or [])
+
+    def remove(self, ref: str) -> bool:
+        """Remove tag `ref` (and its image if nothing else uses it); False when still in use."""
+        try:
+            self._client.remove_image(ref, noprune=False)
+        except docker.errors.APIError as exc:
+            if exc.status_code in (404, 409):  # gone already, or a container/child image uses it
+                return False
+            raise EngineError(f"Docker engine: remove {ref} failed: {exc}", hint=_HINT) from exc
+        return True
+
     def tag(self, image: str, repository: str, tag: str) -> None:
         """Point `repository:tag` at `image`."""
         self._call(f"tag {image}", lambda: self._client.tag(image, repository, tag, force=True))
