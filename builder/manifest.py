@@ -432,3 +432,7 @@ def main(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | None =
     _warnings(config, opts, err)
     out.write(yaml.safe_dump_all(docs, sort_keys=False, width=1000))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
