@@ -38,6 +38,7 @@ from pulsarfunc.runtime.naming import (
     output_sequence_id,
     strip_partition,
 )
+from pulsarfunc.runtime.timeouts import with_timeout
 from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
 
 _log = logging.getLogger("pulsarfunc.instance")
@@ -114,7 +115,7 @@ class Instance:
         logger: logging.Logger | None = None,
     ) -> None:
         self.config = config
-        self.handler = handler
+        self.handler = with_timeout(handler, config.timeout_ms, config.concurrency)
         self.broker = broker
         self.metrics = metrics or Metrics()
         self.env = FunctionEnv(
