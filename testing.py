@@ -23,9 +23,10 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from pulsarfunc.runtime import context as ctxmod
 from pulsarfunc.runtime.codec import AUTO, Codec, pulsar_serde
@@ -37,7 +38,6 @@ from pulsarfunc.runtime.start import complete
 __all__ = ["Call", "Message", "Published", "Result", "run_function"]
 
 DEFAULT_INPUT = "persistent://public/default/input"
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -269,71 +269,87 @@ def _run(
         pulsar_serde(cfg.output_serde_class_name) if cfg.output_serde_class_name else None
     ) or spec.output_codec
     guarantee = cfg.processing_guarantee
-    prepared = []
-    for i, item in enumerate(inputs):
-        message = item if isinstance(item, Message) else Message(item)
-        topic = message.topic or default_topic
-        raw = _InMessage(AUTO.encode(message.value), message, topic, _Id(i))
-        prepared.append((raw, _input_codec(spec, cfg, topic)))
+    with _Invoker(spec) as invoke:
+        for i, item in enumerate(inputs):
+            message = item if isinstance(item, Message) else Message(item)
+            topic = message.topic or default_topic
+            raw = _InMessage(AUTO.encode(message.value), message, topic, _Id(i))
+            call = Call(input=None, acked=guarantee is ProcessingGuarantee.ATMOST_ONCE)
+            calls.append(call)
 
-    def begin(i: int, raw: _InMessage, codec: Codec) -> tuple[Context, Any]:
-        calls.append(Call(input=None, acked=guarantee is ProcessingGuarantee.ATMOST_ONCE))
-        value = codec.decode(raw.payload)
-        calls[i].input = value
-        return Context(env, raw, i), value
+            def emit(out: Any, call: Call = call) -> None:
+                if out is not None:
+                    call.payloads.append(output_codec.encode(out))
+                    call.outputs.append(out)
 
-    def emit(i: int, out: Any) -> None:
-        if out is not None:
-            calls[i].payloads.append(output_codec.encode(out))
-            calls[i].outputs.append(out)
-
-    def finish(i: int, error: BaseException | None) -> None:
-        calls[i].error = error
-        if error is None and guarantee in (
-            ProcessingGuarantee.ATLEAST_ONCE,
-            ProcessingGuarantee.EFFECTIVELY_ONCE,
-        ):
-            calls[i].acked = True
-        if error is not None and raise_errors:
-            raise error
-
-    if spec.is_async:
-
-        async def run_all() -> None:
-            for i, (raw, codec) in enumerate(prepared):
-                error: BaseException | None = None
-                try:
-                    ctx, value = begin(i, raw, codec)
-                    token = ctxmod.bind(ctx)
-                    try:
-                        result = spec.call(ctx, value)
-                        if spec.is_async_gen:
-                            async for out in result:
-                                emit(i, out)
-                        else:
-                            emit(i, await result)
-                    finally:
-                        ctxmod.unbind(token)
-                except Exception as exc:
-                    error = exc
-                finish(i, error)
-
-        _run_coroutine(run_all())
-        return
-    for i, (raw, codec) in enumerate(prepared):
-        error: BaseException | None = None
-        try:
-            ctx, value = begin(i, raw, codec)
-            token = ctxmod.bind(ctx)
             try:
-                result = spec.call(ctx, value)
-                for out in result if spec.yields else (result,):
-                    emit(i, out)
-            finally:
-                ctxmod.unbind(token)
-        except Exception as exc:
-            error = exc
-        finish(i, error)
+                call.input = _input_codec(spec, cfg, topic).decode(raw.payload)
+                invoke(Context(env, raw, i), call.input, emit)
+            except Exception as exc:
+                call.error = exc
+                if raise_errors:
+                    raise
+                continue
+            if guarantee in (
+                ProcessingGuarantee.ATLEAST_ONCE,
+                ProcessingGuarantee.EFFECTIVELY_ONCE,
+            ):
+                call.acked = True
+
+
+Emit = Callable[[Any], None]
+
+
+class _Invoker:
+    """Calls the handler with the Context bound; async handlers on one event loop of their own.
+
+    As in the runtime, the loop runs on its own thread, one loop for every input, so a test may
+    call `run_function` from inside a running loop (an async test) too.
+    """
+
+    def __init__(self, spec: Handler) -> None:
+        self._spec = spec
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Callable[[Context, Any, Emit], None]:
+        if not self._spec.is_async:
+            return self._call
+        loop = self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="pf-test-loop", daemon=True)
+        self._thread.start()
+        return self._call_async
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def _call(self, ctx: Context, value: Any, emit: Emit) -> None:
+        token = ctxmod.bind(ctx)
+        try:
+            result = self._spec.call(ctx, value)
+            for out in result if self._spec.yields else (result,):
+                emit(out)
+        finally:
+            ctxmod.unbind(token)
+
+    def _call_async(self, ctx: Context, value: Any, emit: Emit) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._async(ctx, value, emit), self._loop).result()
+
+    async def _async(self, ctx: Context, value: Any, emit: Emit) -> None:
+        token = ctxmod.bind(ctx)
+        try:
+            result = self._spec.call(ctx, value)
+            if self._spec.is_async_gen:
+                async for out in result:
+                    emit(out)
+            else:
+                emit(await result)
+        finally:
+            ctxmod.unbind(token)
 
 
 def _input_codec(spec: Handler, cfg: FunctionConfig, topic: str) -> Codec:
@@ -343,13 +359,3 @@ def _input_codec(spec: Handler, cfg: FunctionConfig, topic: str) -> Codec:
     if named is not None and named.serde_class_name:
         return pulsar_serde(named.serde_class_name)
     return spec.input_codec
-
-
-def _run_coroutine(coro: Coroutine[Any, Any, _T]) -> _T:
-    """asyncio.run, also from inside a running loop (an async test): then on a thread of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()

@@ -54,10 +54,23 @@ def scrape(port: int) -> Samples:
     return samples
 
 
-def only(samples: Samples, name: str, **labels: str) -> float:
-    found = [v for ls, v in samples.get(name, []) if labels.items() <= ls.items()]
-    assert len(found) == 1, f"{name} {labels}: {samples.get(name)}"
+def only(samples: Samples, metric: str, /, **labels: str) -> float:
+    """The one value of `metric` whose labels include `labels`."""
+    found = [v for ls, v in samples.get(metric, []) if labels.items() <= ls.items()]
+    assert len(found) == 1, f"{metric} {labels}: {samples.get(metric)}"
     return found[0]
+
+
+def pulsar_labels(name: str, instance_id: int) -> dict[str, str]:
+    """Pulsar's labels of a function in public/default on the standalone cluster."""
+    return {
+        "tenant": "public",
+        "namespace": "public/default",
+        "name": name,
+        "instance_id": str(instance_id),
+        "cluster": "standalone",
+        "fqfn": f"public/default/{name}",
+    }
 
 
 def counting(context: Context, text: str) -> str:
@@ -94,14 +107,7 @@ def test_metrics_of_a_running_instance_have_pulsars_names_labels_and_values(
         wait_for(lambda: only(scrape(port), "pulsarfunc_dead_lettered_total") == 2)
         samples = scrape(port)
 
-    labels = {
-        "tenant": "public",
-        "namespace": "public/default",
-        "name": "counting",
-        "instance_id": "4",
-        "cluster": "standalone",
-        "fqfn": "public/default/counting",
-    }
+    labels = pulsar_labels("counting", 4)
     assert only(samples, "pulsar_function_received_total") == len(payloads)
     assert only(samples, "pulsar_function_processed_successfully_total") == len(good)
     assert only(samples, "pulsar_function_user_exceptions_total") == 2

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import docker
 import pytest
 from docker.models.containers import Container
-from prometheus_client.parser import text_string_to_metric_families
 from pulsar_helpers import PulsarBroker, produce, subscribe_first, unique_topic
+from test_operations import only, pulsar_labels, scrape  # the same checks as in-process
 
 from pulsarfunc.builder.commands import build_main
 
@@ -86,28 +85,10 @@ def started(
         container.remove(force=True)
 
 
-def metrics_url(container: Container) -> str:
+def metrics_port(container: Container) -> int:
+    """The loopback port Docker published the container's 9094 on."""
     container.reload()
-    binding = container.attrs["NetworkSettings"]["Ports"]["9094/tcp"][0]
-    return f"http://127.0.0.1:{binding['HostPort']}/metrics"
-
-
-def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def value(
-    samples: dict[str, list[tuple[dict[str, str], float]]], metric: str, /, **labels: str
-) -> float:
-    found = [v for ls, v in samples.get(metric, []) if labels.items() <= ls.items()]
-    assert len(found) == 1, f"{metric} {labels}: {samples.get(metric)}"
-    return found[0]
+    return int(container.attrs["NetworkSettings"]["Ports"]["9094/tcp"][0]["HostPort"])
 
 
 def test_metrics_of_a_running_image_scraped_from_the_host(
@@ -132,27 +113,18 @@ def test_metrics_of_a_running_image_scraped_from_the_host(
         assert sorted(r.data for r in sink.collect(len(good), timeout_s=60)) == sorted(
             p.upper() for p in good
         )
-        url = metrics_url(container)
-        wait_until(
-            lambda: value(scrape(url), "pulsarfunc_dead_lettered_total") == 2, "both bad inputs"
-        )
-        samples = scrape(url)
+        port = metrics_port(container)
+        wait_until(lambda: only(scrape(port), "pulsarfunc_dead_lettered_total") == 2, "bad inputs")
+        samples = scrape(port)
 
-    labels = {
-        "tenant": "public",
-        "namespace": "public/default",
-        "name": "ops",
-        "instance_id": "2",
-        "cluster": "standalone",
-        "fqfn": "public/default/ops",
-    }
-    assert value(samples, "pulsar_function_received_total", **labels) == len(payloads)
-    assert value(samples, "pulsar_function_processed_successfully_total", **labels) == len(good)
-    assert value(samples, "pulsar_function_user_exceptions_total", **labels) == 2
-    assert value(samples, "pulsar_function_user_exceptions_1min_total", **labels) == 2
-    assert value(samples, "pulsar_function_process_latency_ms_count", **labels) == len(good)
-    assert value(samples, "pulsar_function_user_metric_count", metric="chars") == len(good)
-    assert value(samples, "pulsar_function_user_metric_sum", metric="chars") == sum(map(len, good))
+    labels = pulsar_labels("ops", 2)
+    assert only(samples, "pulsar_function_received_total", **labels) == len(payloads)
+    assert only(samples, "pulsar_function_processed_successfully_total", **labels) == len(good)
+    assert only(samples, "pulsar_function_user_exceptions_total", **labels) == 2
+    assert only(samples, "pulsar_function_user_exceptions_1min_total", **labels) == 2
+    assert only(samples, "pulsar_function_process_latency_ms_count", **labels) == len(good)
+    assert only(samples, "pulsar_function_user_metric_count", metric="chars") == len(good)
+    assert only(samples, "pulsar_function_user_metric_sum", metric="chars") == sum(map(len, good))
 
 
 def test_docker_ps_shows_the_image_healthy_once_it_consumes(
