@@ -313,10 +313,12 @@ def _checked(topic: str, pattern: bool, source: str) -> str:
         return normalize_topic(topic, pattern=pattern)
     except ValueError as exc:
         what = "topics pattern" if pattern else "topic name"
-        raise ConfigError(
-            f"{source}: invalid {what} {topic!r}: {exc}",
-            hint="e.g. my-topic, my-tenant/my-ns/my-topic or persistent://public/default/my-topic",
-        ) from None
+        example = (
+            "a regular expression of full names, e.g. persistent://public/default/orders-.*"
+            if pattern
+            else "e.g. my-topic, my-tenant/my-ns/my-topic or persistent://public/default/my-topic"
+        )
+        raise ConfigError(f"{source}: invalid {what} {topic!r}: {exc}", hint=example) from None
 
 
 # --- validation ---------------------------------------------------------------------------------

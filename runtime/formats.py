@@ -47,7 +47,13 @@ _YAML_HINT = "see pulsar-admin's function-config format (pulsar-admin functions 
 
 def details_settings(text: str, source: str) -> Settings:
     """Settings from FunctionDetails JSON text, as the worker passes `--function_details`."""
-    values = details_values(parse_details(text, source), source)
+    details = parse_details(text, source)
+    try:
+        values = details_values(details, source)
+    except ValueError as exc:  # an enum number Function.proto does not define
+        raise ConfigError(
+            f"{source}: {exc}", hint="use an enum name (or number) that Function.proto defines"
+        ) from None
     return _settings(values, source)
 
 
@@ -223,9 +229,10 @@ def function_config_settings(path: str, source: str) -> Settings:
     """Settings from a function-config YAML file (`--function-config`)."""
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # a binary file is not a YAML file either
+        reason = getattr(exc, "strerror", None) or exc
         raise ConfigError(
-            f"{source}: cannot read function config {path!r}: {exc.strerror or exc}",
+            f"{source}: cannot read function config {path!r}: {reason}",
             hint="pass the path of a pulsar-admin function-config YAML file",
         ) from None
     try:

@@ -83,8 +83,8 @@ def _text_or_file(raw: str) -> str:
     path = Path(raw[1:]).expanduser()
     try:
         return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a binary file holds no JSON either
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _json_object(raw: str) -> Mapping[str, Any]:
