@@ -88,12 +88,14 @@ class Handler:
 
     def call(self, context: Any, value: Any) -> Any:
         """Calls the target in its form's argument order; returns value, coroutine or generator."""
+        # Plain branches, no argument lists: this runs once per message.
+        if self.form is Form.FUNCTION:
+            if self.takes_input:
+                return self.target(context, value) if self.takes_context else self.target(value)
+            return self.target(context) if self.takes_context else self.target()
         if self.form is Form.PULSAR_FUNCTION:
             return self.target(value, context)
-        if self.form is Form.PULSAR_NATIVE:
-            return self.target(value)
-        args = ([context] if self.takes_context else []) + ([value] if self.takes_input else [])
-        return self.target(*args)
+        return self.target(value)
 
     def describe(self) -> str:
         """One line for `pulsarfunc check` and start-up logs."""

@@ -13,6 +13,7 @@ for a broker round trip. The broker is passed in, so unit tests drive this with 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import inspect
@@ -28,7 +29,7 @@ from pulsarfunc.runtime import context as ctxmod
 from pulsarfunc.runtime.codec import pulsar_serde
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee, SubscriptionType
 from pulsarfunc.runtime.context import Context, FunctionEnv, SecretsProvider
-from pulsarfunc.runtime.errors import PayloadError
+from pulsarfunc.runtime.errors import BrokerError, PayloadError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.naming import (
@@ -46,6 +47,11 @@ _log = logging.getLogger("pulsarfunc.instance")
 _RECEIVE_TIMEOUT_MS = 100
 _LOCAL_ATTEMPTS_MAX = 100_000  # bound of the in-memory retry counter (see _attempts)
 _BATCH_MAX = 1000  # messages taken from the client per receive
+_BATCHES_IN_FLIGHT = 4  # batch mode: processed batches whose sends may still be pending
+_RECEIPT_DEADLINE_S = 120.0  # longer than a broker restart takes
+
+
+_PLAIN = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
 
 
 def _resolve(future: concurrent.futures.Future[None], error: Exception | None) -> None:
@@ -125,6 +131,7 @@ class Instance:
             secrets=secrets or (lambda name: None),
         )
         self._guarantee = config.processing_guarantee
+        self._output_topic = config.output
         # Serdes named in the configuration win over the handler's annotations, as in Pulsar.
         self._input_serdes = {
             spec.topic: pulsar_serde(spec.serde_class_name)
@@ -253,24 +260,57 @@ class Instance:
         return batch
 
     def _batch_loop(self, source: Source) -> None:
+        """Process batch after batch; settle each one as soon as all its sends are persisted.
+
+        Batches overlap: the next is processed while the previous one's sends are in flight,
+        so the loop never idles for a broker round trip. Settling keeps batch order.
+        """
+        pending: collections.deque[tuple[_Batch, list[_Work]]] = collections.deque()
         while not self._stopping.is_set():
             batch = self._next_batch(source)
-            if not batch:
-                continue
-            receipts = _Batch()
-            with self._serial:
-                works = [_Work(source, msg, receipts) for msg in batch]
-                for work in works:
-                    self._invoke_sync(work)
-            self.broker.flush()
-            self._await_receipts(receipts)
-            for work in works:
-                self._settle(work)
+            if batch:
+                receipts = _Batch()
+                with self._serial:
+                    works = [_Work(source, msg, receipts) for msg in batch]
+                    for work in works:
+                        self._invoke_sync(work)
+                pending.append((receipts, works))
+            while pending and len(pending[0][0].done) >= pending[0][0].issued:
+                self._settle_all(pending.popleft()[1])
+            if pending and (not batch or len(pending) > _BATCHES_IN_FLIGHT):
+                self._settle_pending(pending)  # idle, or too far ahead: wait for the oldest
+        self._settle_pending(pending)
 
-    def _await_receipts(self, receipts: _Batch) -> None:
-        """After a flush every receipt is in; a moment's grace covers callbacks still running."""
-        deadline = time.monotonic() + 5.0
-        while len(receipts.done) < receipts.issued and time.monotonic() < deadline:
+    def _settle_pending(self, pending: collections.deque[tuple[_Batch, list[_Work]]]) -> None:
+        """Flush, then settle every pending batch in order."""
+        if not pending:
+            return
+        self.broker.flush()
+        while pending:
+            receipts, works = pending.popleft()
+            self._await_receipts(receipts, works)
+            self._settle_all(works)
+
+    def _settle_all(self, works: list[_Work]) -> None:
+        for work in works:
+            self._settle(work)
+
+    def _await_receipts(self, receipts: _Batch, works: list[_Work]) -> None:
+        """After a flush every receipt is in, or the broker is away: wait, but not forever.
+
+        Sends never time out (a broker restart only delays them), so a batch whose receipts
+        do not all come within the deadline fails as a whole: nacked, never acked unconfirmed.
+        """
+        deadline = time.monotonic() + _RECEIPT_DEADLINE_S
+        while len(receipts.done) < receipts.issued:
+            if time.monotonic() > deadline:
+                error = BrokerError(
+                    f"{receipts.issued - len(receipts.done)} sends unconfirmed after "
+                    f"{_RECEIPT_DEADLINE_S:.0f} s"
+                )
+                for work in works:
+                    self._fail(work, error, user=False)
+                return
             time.sleep(0.0005)
 
     def _receive_loop(self, source: Source, dispatch: Callable[[Source, InMessage], None]) -> None:
@@ -341,7 +381,8 @@ class Instance:
             token = ctxmod.bind(ctx)
             try:
                 result = self.handler.call(ctx, value)
-                if inspect.isawaitable(result):  # a sync wrapper around a coroutine
+                if type(result) not in _PLAIN and inspect.isawaitable(result):
+                    # a sync wrapper around a coroutine
                     result = asyncio.run(_awaited(result))
                 outputs: Iterable[Any] = (
                     result if self.handler.yields else () if result is None else (result,)
@@ -420,7 +461,7 @@ class Instance:
     # -- outputs -----------------------------------------------------------------------------
     def _emit(self, work: _Work, value: Any) -> None:
         """Encode one output and send it to the output topic (if there is one)."""
-        if value is None or not self.config.output:
+        if value is None or not self._output_topic:
             return
         payload = self._output_codec.encode(value)
         msg = work.msg
@@ -443,18 +484,10 @@ class Instance:
             producer = effectively_once_producer(
                 self.config.fqfn, self.config.instance_id, msg.topic_name()
             )
-        self._send(
-            work,
-            OutMessage(
-                topic=self.config.output,
-                payload=payload,
-                key=msg.partition_key() or None,
-                properties=props,
-                event_timestamp=msg.event_timestamp() or None,
-                sequence_id=seq,
-                producer_name=producer,
-            ),
-        )
+        key = msg.partition_key() or None
+        event_time = msg.event_timestamp() or None
+        out = OutMessage(self._output_topic, payload, key, props, event_time, seq, producer)
+        self._send(work, out)
 
     def _send(
         self,
@@ -566,7 +599,8 @@ class Instance:
 
     def _succeed(self, work: _Work) -> None:
         self.metrics.note_processed((time.perf_counter() - work.started) * 1000.0)
-        self._attempts.pop(work.msg.message_id().serialize(), None)
+        if self._attempts:  # only messages that failed before are in it
+            self._attempts.pop(work.msg.message_id().serialize(), None)
         if self._guarantee in (
             ProcessingGuarantee.ATLEAST_ONCE,
             ProcessingGuarantee.EFFECTIVELY_ONCE,
