@@ -19,6 +19,7 @@ commands:
   check PATH[:handler]         validate a handler only; prints the form found (exit 0 or 2)
   build PATH -t TAG [...]      build a function into one self-contained image
   init NAME                    scaffold a new function directory
+  manifest IMAGE [...]         Kubernetes Deployment and Function Mesh resource for an image
 
 `pulsarfunc COMMAND --help` shows a command's flags. Exit codes: 0 success, 2 user error
 (bad handler, flag or config), 1 runtime failure.
@@ -82,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hard_exit(_run(rest))  # see hard_exit: the client's threads must not outlive us
     if command == "check":
         return _check(rest)
-    if command in ("build", "init"):
+    if command in ("build", "init", "manifest"):
         try:
-            from pulsarfunc.builder import commands
+            from pulsarfunc.builder import commands, manifest
         except ImportError as exc:
             print(
                 f"pulsarfunc: error: `{command}` needs the builder: {exc}\n"
@@ -92,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if command == "manifest":
+            return manifest.main(rest)
         return commands.build_main(rest) if command == "build" else commands.init_main(rest)
     print(f"pulsarfunc: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

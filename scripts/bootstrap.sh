@@ -14,7 +14,7 @@ IMAGE_PREFIX=${PULSARFUNC_IMAGE_PREFIX:-pulsarfunc-local} # another prefix tests
 PY_IMAGE=${IMAGE_PREFIX}/python:3.11
 JRE_IMAGE=${IMAGE_PREFIX}/jre:17
 PULSAR_IMAGE=${IMAGE_PREFIX}/pulsar:${PULSAR_VERSION}
-APT_PACKAGES=(docker.io mmdebstrap maven python3-venv python3-pip curl)
+APT_PACKAGES=(docker.io docker-registry mmdebstrap maven python3-venv python3-pip curl)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${PULSARFUNC_CACHE:-${HOME}/.cache/pulsarfunc}
