@@ -112,6 +112,40 @@ def _client_kwargs(config: FunctionConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _subscribe_error(config: FunctionConfig, exc: Exception) -> BrokerError:
+    """Why subscribing failed, as far as the client lets us tell, and what to check.
+
+    A broker that refuses our credentials closes each connection without the client reporting
+    why: subscribing then times out (after `operation_timeout_seconds`), as for a broker that is
+    down. A TLS handshake failure is a ConnectError; the client logs its reason just before.
+    """
+    auth = config.auth
+    url = config.service_url
+    problem = f"cannot subscribe to {', '.join(config.input_topics)} at {url}: {exc}"
+    tls = url.startswith("pulsar+ssl://")
+    if isinstance(exc, pulsar.Timeout):
+        if auth.token or auth.plugin:
+            hint = (
+                f"the broker at {url} did not accept us in time: check that it accepts these "
+                "credentials (Authentication: a token signed with the broker's key, not "
+                "expired), that --service-url is right and the broker is up"
+            )
+        else:
+            hint = (
+                f"the broker at {url} did not accept us in time: if it requires Authentication, "
+                "pass --auth-token TOKEN (or --auth-plugin/--auth-params); also check "
+                "--service-url and that the broker is up"
+            )
+    elif isinstance(exc, pulsar.ConnectError) and tls:
+        hint = (
+            "TLS connection failed (see the client's log line above): trust the broker's CA "
+            "with --tls-trust-certs-file CA.pem, and check --service-url and the TLS port"
+        )
+    else:
+        hint = "check --service-url, that the broker is up, and the credentials"
+    return BrokerError(problem, hint)
+
+
 class PulsarBroker:
     """A connected client with the function's consumers; producers on first use."""
 
@@ -124,11 +158,7 @@ class PulsarBroker:
             self._sources = self._subscribe()
         except pulsar.PulsarException as exc:
             self.close()
-            raise BrokerError(
-                f"cannot subscribe to {', '.join(config.input_topics)} at {config.service_url}: "
-                f"{exc}",
-                "check --service-url, that the broker is up, and the credentials",
-            ) from exc
+            raise _subscribe_error(config, exc) from exc
 
     @property
     def sources(self) -> Sequence[_Consumer]:

@@ -59,12 +59,16 @@ def unique_topic(prefix: str) -> str:
 
 
 @contextmanager
-def client(service_url: str) -> Iterator[pulsar.Client]:
-    """A client that logs warnings only (the default INFO logging drowns test output)."""
+def client(service_url: str, **client_args: Any) -> Iterator[pulsar.Client]:
+    """A client that logs warnings only (the default INFO logging drowns test output).
+
+    `client_args` go to `pulsar.Client` (e.g. `secure_client_args` for auth and TLS).
+    """
     c = pulsar.Client(
         service_url,
         operation_timeout_seconds=30,
         logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+        **client_args,
     )
     try:
         yield c
@@ -79,6 +83,7 @@ def produce(
     *,
     keys: Sequence[str] | None = None,
     properties: Properties | Sequence[Properties] | None = None,
+    client_args: Mapping[str, Any] | None = None,
 ) -> list[pulsar.MessageId]:
     """Send `payloads` in order and return their message ids once all are persisted.
 
@@ -100,7 +105,7 @@ def produce(
 
         return callback
 
-    with client(service_url) as c:
+    with client(service_url, **(client_args or {})) as c:
         producer = c.create_producer(
             topic, batching_enabled=True, block_if_queue_full=True, batching_max_publish_delay_ms=5
         )
@@ -166,7 +171,10 @@ class Subscription:
 
 @contextmanager
 def subscribe_first(
-    service_url: str, topic: str | Sequence[str], **subscribe_args: Any
+    service_url: str,
+    topic: str | Sequence[str],
+    client_args: Mapping[str, Any] | None = None,
+    **subscribe_args: Any,
 ) -> Iterator[Subscription]:
     """Subscribe before anything is produced; extra keyword arguments go to `Client.subscribe`."""
     args: dict[str, Any] = {
@@ -175,7 +183,7 @@ def subscribe_first(
         **subscribe_args,
     }
     topics = topic if isinstance(topic, str) else list(topic)
-    with client(service_url) as c:
+    with client(service_url, **(client_args or {})) as c:
         consumer = c.subscribe(topics, **args)
         try:
             yield Subscription(consumer, str(topic))
@@ -194,6 +202,16 @@ def collect(
     """Subscribe (Earliest), return the first `count` messages, or raise saying how many came."""
     with subscribe_first(service_url, topic, **subscribe_args) as sub:
         return sub.collect(count, timeout_s=timeout_s)
+
+
+def secure_client_args(token: str | None, trust_certs_file: str | None) -> dict[str, Any]:
+    """`pulsar.Client` arguments for token authentication and TLS (for `client_args`)."""
+    args: dict[str, Any] = {}
+    if token:
+        args["authentication"] = pulsar.AuthenticationToken(token)
+    if trust_certs_file:
+        args["tls_trust_certs_file_path"] = trust_certs_file
+    return args
 
 
 # --- broker readiness ------------------------------------------------------------------------
