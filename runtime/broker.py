@@ -96,7 +96,14 @@ class _Consumer:
 def _client_kwargs(config: FunctionConfig) -> dict[str, Any]:
     auth = config.auth
     kwargs: dict[str, Any] = {
-        "logger": logging.getLogger("pulsar.client"),
+        # The C++ client asks a Python logger about every DEBUG line it might write, taking the
+        # GIL from its IO thread for each (a third of the throughput, measured). Its own console
+        # logger filters natively; only --debug routes the client's log through Python logging.
+        "logger": (
+            logging.getLogger("pulsar.client")
+            if config.debug
+            else pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+        ),
         "operation_timeout_seconds": 30,
     }
     if auth.token:
