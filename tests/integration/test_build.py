@@ -6,52 +6,19 @@ default python:3.11-slim where a registry is reachable).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 from docker.models.containers import Container
+from images import build, built
 from pulsar_helpers import PulsarBroker, produce, subscribe_first
 
-from pulsarfunc.builder.commands import build_main
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def build(argv: list[str], **env: str) -> tuple[int, dict[str, Any], str]:
-    """Run `pulsarfunc build ... --json` in-process: (exit code, summary, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = build_main([*argv, "--json"], env={**os.environ, **env}, out=out, err=err)
-    return code, json.loads(out.getvalue() or "{}"), err.getvalue()
-
-
-def built(argv: list[str], **env: str) -> dict[str, Any]:
-    code, summary, err = build(argv, **env)
-    assert code == 0, err
-    return summary
-
-
-@pytest.fixture
-def image_tag(docker_client: docker.DockerClient) -> Iterator[Callable[[str], str]]:
-    """Unique image tags for one test, removed afterwards."""
-    tags: list[str] = []
-
-    def make(name: str) -> str:
-        tags.append(f"pulsarfunc-test/{name}:{uuid.uuid4().hex[:8]}")
-        return tags[-1]
-
-    yield make
-    for tag in tags:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(tag, force=True, noprune=True)
 
 
 @pytest.fixture
