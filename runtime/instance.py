@@ -168,6 +168,9 @@ class Instance:
         self._idle = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._attempts: OrderedDict[bytes, int] = OrderedDict()
+        # Ids sent to the dead-letter topic: a broker without batch-index acks redelivers a
+        # nacked message's whole batch, dead-lettered siblings too, which must not go twice.
+        self._dead_lettered: OrderedDict[bytes, None] = OrderedDict()
         self._threads: list[threading.Thread] = []
         self._receivers: list[threading.Thread] = []
         self._loop_thread: threading.Thread | None = None
@@ -613,6 +616,9 @@ class Instance:
             if self.config.dead_letter_topic:
                 self._dead_letter(work, error, 1, ack=False)
             return
+        if self._dead_lettered and self._was_dead_lettered(work.msg):
+            work.source.ack(work.msg)  # a copy redelivered with its batch: already handled
+            return
         attempts = self._count_attempt(work.msg)
         limit = self.config.max_message_retries
         if limit is None or attempts <= limit:
@@ -634,8 +640,23 @@ class Instance:
                 self._attempts.popitem(last=False)
         return max(local, msg.redelivery_count() + 1)
 
+    def _was_dead_lettered(self, msg: InMessage) -> bool:
+        with self._lock:
+            return msg.message_id().serialize() in self._dead_lettered
+
+    def _mark_dead_lettered(self, key: bytes, marked: bool) -> None:
+        with self._lock:
+            if not marked:
+                self._dead_lettered.pop(key, None)
+                return
+            self._dead_lettered[key] = None
+            if len(self._dead_lettered) > _LOCAL_ATTEMPTS_MAX:
+                self._dead_lettered.popitem(last=False)
+
     def _dead_letter(self, work: _Work, error: BaseException, attempts: int, *, ack: bool) -> None:
         msg = work.msg
+        if ack:
+            self._mark_dead_lettered(msg.message_id().serialize(), True)
         topic = self.config.dead_letter_topic or dead_letter_topic(
             msg.topic_name(), self.config.subscription_name
         )
@@ -663,6 +684,7 @@ class Instance:
             else:
                 _log.error("dead-letter send to %s failed: %s", topic, send_error)
                 if ack:
+                    self._mark_dead_lettered(msg.message_id().serialize(), False)
                     work.source.nack(msg)  # try again on redelivery
 
         self.broker.send(out, done)

@@ -10,8 +10,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -32,11 +30,12 @@ from pulsar_helpers import (
     unique_topic,
 )
 from secure_broker import SecureBroker, start
+from test_localrun import localrun
 
 from pulsarfunc.builder.commands import build_main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-PULSARFUNC = str(Path(sys.executable).with_name("pulsarfunc"))
+EXCLAIM = str(EXAMPLES / "exclaim" / "handler.py")
 FAIL_WITHIN_S = 60  # a refused start must end by itself, not hang
 
 
@@ -294,21 +293,6 @@ def secure(
         broker.container.remove(force=True, v=True)
 
 
-@contextlib.contextmanager
-def localrun(args: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [PULSARFUNC, "run", str(EXAMPLES / "exclaim" / "handler.py"), *args],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def io_flags(src: str, out: str) -> list[str]:
     return ["--inputs", src, "--output", out, "--subscription-position", "EARLIEST"]
 
@@ -328,7 +312,9 @@ def test_a_function_with_a_token_gets_outputs(
     log = tmp_path / "fn.log"
     with (
         subscribe_first(url, out, client_args) as sink,
-        localrun([*connect, "--auth-token", secure.user_token, *io_flags(src, out)], log) as proc,
+        localrun(
+            EXCLAIM, [*connect, "--auth-token", secure.user_token, *io_flags(src, out)], log=log
+        ) as proc,
     ):
         produce(url, src, [b"signed", b"sealed"], client_args=client_args)
         got = sorted(r.data for r in sink.collect(2, timeout_s=60))
@@ -339,7 +325,7 @@ def test_a_function_with_a_token_gets_outputs(
 
 def refused(args: Sequence[str], tmp_path: Path) -> tuple[int, str, float]:
     started = time.monotonic()
-    with localrun(args, tmp_path / "refused.log") as proc:
+    with localrun(EXCLAIM, args, log=tmp_path / "refused.log") as proc:
         code = proc.wait(FAIL_WITHIN_S)
     return code, (tmp_path / "refused.log").read_text(), time.monotonic() - started
 

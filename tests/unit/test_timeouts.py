@@ -6,38 +6,29 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 from fake_broker import FakeBroker, FakeMessage, wait_for
+from test_instance import OUT
+from test_instance import started as started_instance
 
 from pulsarfunc import current_context
-from pulsarfunc.runtime.config import FunctionConfig, InputSpec
 from pulsarfunc.runtime.handler import inspect_handler
 from pulsarfunc.runtime.instance import Instance
 from pulsarfunc.runtime.timeouts import TimedHandler, _Runner, with_timeout
 
-OUT = "persistent://public/default/out"
 DLQ = "persistent://public/default/dead"
 
 
-@contextmanager
-def started(handler: Callable[..., Any], broker: FakeBroker, **fields: Any) -> Iterator[Instance]:
+def started(
+    handler: Callable[..., Any], broker: FakeBroker, **fields: Any
+) -> AbstractContextManager[Instance]:
+    """The instance loop on the fake broker; failures go straight to the dead-letter topic."""
     fields.setdefault("max_message_retries", 0)
     fields.setdefault("dead_letter_topic", DLQ)
-    config = FunctionConfig(
-        inputs=(InputSpec("persistent://public/default/in"),), output=OUT, name="fn", **fields
-    )
-    instance = Instance(config, inspect_handler(handler), broker)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
-        thread.join(10)
-        assert not thread.is_alive()
+    return started_instance(handler, broker, **fields)
 
 
 def outputs(broker: FakeBroker, topic: str = OUT) -> list[bytes]:
