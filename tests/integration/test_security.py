@@ -274,16 +274,16 @@ def test_no_secret_given_at_build_time_is_in_any_layer_or_the_history(
 
 @pytest.fixture(scope="module")
 def secure(
+    pulsar: PulsarBroker,
     docker_client: docker.DockerClient,
     docker_labels: dict[str, str],
     docker_network: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[SecureBroker]:
-    image = os.environ.get("PULSAR_IMAGE") or "apachepulsar/pulsar:4.0.8"
-    try:
-        docker_client.images.get(image)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"broker image {image} is not present locally (PULSAR_IMAGE)")
+    """A second broker, from the image the session's broker runs."""
+    if pulsar.container is None:
+        pytest.skip("the broker is external (PULSAR_SERVICE_URL): no image to start another from")
+    image = pulsar.container.attrs["Config"]["Image"]
     broker = start(
         docker_client, image, docker_network, docker_labels, tmp_path_factory.mktemp("secure")
     )
@@ -298,6 +298,7 @@ def io_flags(src: str, out: str) -> list[str]:
 
 
 @pytest.mark.docker
+@pytest.mark.integration
 @pytest.mark.parametrize("transport", ["tls", "plain"])
 def test_a_function_with_a_token_gets_outputs(
     secure: SecureBroker, tmp_path: Path, transport: str
@@ -331,6 +332,7 @@ def refused(args: Sequence[str], tmp_path: Path) -> tuple[int, str, float]:
 
 
 @pytest.mark.docker
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("case", "fragments"),
     [
