@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import _pulsar
@@ -77,12 +77,23 @@ class _Consumer:
     def nack(self, message: InMessage) -> None:
         self.native.negative_acknowledge(message)
 
-    def receive(self, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
+    def receive(
+        self, max_messages: int, timeout_ms: int, idle: Callable[[], None]
+    ) -> Sequence[InMessage]:
+        """What the receiver queue holds (up to max_messages), else wait for the first.
+
+        `idle` runs before waiting: outputs still in a producer's batch go out now, instead of
+        after the batching delay (latency at low rates).
+        """
         receive = self.native.receive
         try:
-            first = receive(timeout_ms)
+            first = receive(0)
         except pulsar.Timeout:
-            return ()
+            idle()
+            try:
+                first = receive(timeout_ms)
+            except pulsar.Timeout:
+                return ()
         batch: list[InMessage] = [first]
         # Drain what is already in the receiver queue without waiting again.
         while len(batch) < max_messages:
@@ -160,6 +171,9 @@ class PulsarBroker:
         self._config = config
         self._producers: dict[tuple[str, str | None], Any] = {}
         self._producers_lock = threading.Lock()
+        self._push_wanted = threading.Event()
+        self._closing = False
+        threading.Thread(target=self._pusher, name="pf-push", daemon=True).start()
         try:
             self._client = pulsar.Client(config.service_url, **_client_kwargs(config))
             self._sources = self._subscribe()
@@ -203,7 +217,25 @@ class PulsarBroker:
 
     def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
         assert isinstance(source, _Consumer)
-        return source.receive(max_messages, min(timeout_ms, _RECEIVE_TIMEOUT_MS))
+        return source.receive(max_messages, min(timeout_ms, _RECEIVE_TIMEOUT_MS), self._push)
+
+    def _push(self) -> None:
+        """Have what the producers hold sent now, without waiting here for the broker.
+
+        The flush runs on a thread of its own: the client's flush_async keeps the GIL while
+        it takes the producer's lock, which the IO thread may hold while it waits for the GIL
+        to run a send callback (a deadlock, seen).
+        """
+        if self._producers and not self._push_wanted.is_set():
+            self._push_wanted.set()
+
+    def _pusher(self) -> None:
+        while True:
+            self._push_wanted.wait()
+            if self._closing:
+                return
+            self._push_wanted.clear()
+            self.flush()
 
     def _producer(self, topic: str, name: str | None) -> Any:
         key = (topic, name)
@@ -270,6 +302,8 @@ class PulsarBroker:
                 _log.warning("flush of %s failed: %s", producer.topic(), exc)
 
     def close(self) -> None:
+        self._closing = True
+        self._push_wanted.set()
         for source in getattr(self, "_sources", []):
             try:
                 source.consumer.close()

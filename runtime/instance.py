@@ -48,10 +48,13 @@ _RECEIVE_TIMEOUT_MS = 100
 _LOCAL_ATTEMPTS_MAX = 100_000  # bound of the in-memory retry counter (see _attempts)
 _BATCH_MAX = 1000  # messages taken from the client per receive
 _BATCHES_IN_FLIGHT = 4  # batch mode: processed batches whose sends may still be pending
+_BATCH_BUDGET_S = 0.005  # batch mode with concurrency: handler time one thread takes per batch
 _RECEIPT_DEADLINE_S = 120.0  # longer than a broker restart takes
 
 
 _PLAIN = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
+Dispatch = Callable[[Source, Sequence[InMessage]], None]  # hands received messages on
+_ACKED_ON_SUCCESS = (ProcessingGuarantee.ATLEAST_ONCE, ProcessingGuarantee.EFFECTIVELY_ONCE)
 
 
 def _resolve(future: concurrent.futures.Future[None], error: Exception | None) -> None:
@@ -90,7 +93,9 @@ class _Work:
         "started",
     )
 
-    def __init__(self, source: Source, msg: InMessage, batch: _Batch | None = None) -> None:
+    def __init__(
+        self, source: Source, msg: InMessage, batch: _Batch | None = None, started: float = 0.0
+    ) -> None:
         self.source = source
         self.msg = msg
         self.batch = batch  # set in batch mode: settled after the batch's flush
@@ -99,7 +104,7 @@ class _Work:
         self.settled = False
         self.acked = False
         self.outputs = 0
-        self.started = time.perf_counter()
+        self.started = started or time.perf_counter()
 
 
 def _error_reason(error: BaseException) -> str:
@@ -157,11 +162,15 @@ class Instance:
             SubscriptionType.KEY_SHARED
         )
         self.max_in_flight = max(config.receiver_queue_size, 2 * self.concurrency)
-        # A sync handler called one message at a time runs in batch mode: the receiver thread
-        # processes a whole received batch, flushes once, then settles each message. No
-        # hand-off, no per-message lock: the fastest path, and outputs keep input order.
-        self.batch_mode = not handler.is_async and self.concurrency == 1
-        self._serial = threading.Lock()  # batch mode with several sources: one call at a time
+        # Sync handlers run in batch mode: each of `concurrency` threads per source takes a
+        # batch, calls the handler on each message inline, then settles the batch once its
+        # sends are persisted. No hand-off, no per-message lock: the fastest path. With one
+        # thread outputs keep input order; with several a slow handler takes small batches, so
+        # N blocking calls run at once. Keyed ordering with concurrency > 1 needs key routing:
+        # the sliding window below.
+        self.batch_mode = not handler.is_async and (self.concurrency == 1 or not self._keyed)
+        # batch mode with several sources: at most `concurrency` handler calls at a time
+        self._serial = threading.Semaphore(self.concurrency)
         self._slots = threading.Semaphore(self.max_in_flight)
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -187,7 +196,9 @@ class Instance:
         """Process until `stop()`, then drain what is in flight, flush and return."""
         if self.batch_mode:
             loops: list[Callable[[], None]] = [
-                functools.partial(self._batch_loop, src) for src in self.broker.sources
+                functools.partial(self._batch_loop, src)
+                for src in self.broker.sources
+                for _ in range(self.concurrency)
             ]
         else:
             dispatch = self._start_dispatch()
@@ -246,10 +257,10 @@ class Instance:
         return True
 
     # -- receiving and dispatch ------------------------------------------------------------
-    def _next_batch(self, source: Source) -> Sequence[InMessage]:
+    def _next_batch(self, source: Source, limit: int = _BATCH_MAX) -> Sequence[InMessage]:
         """Received messages (maybe none); at-most-once acks them here, on receipt."""
         try:
-            batch = self.broker.receive(source, _BATCH_MAX, _RECEIVE_TIMEOUT_MS)
+            batch = self.broker.receive(source, limit, _RECEIVE_TIMEOUT_MS)
         except Exception as exc:
             self.metrics.note_system_exception()
             _log.warning("receive failed, retrying: %s", exc)
@@ -269,14 +280,21 @@ class Instance:
         so the loop never idles for a broker round trip. Settling keeps batch order.
         """
         pending: collections.deque[tuple[_Batch, list[_Work]]] = collections.deque()
+        # With one thread, batches are as large as the client has; with several, as large as
+        # the handler's measured time per message allows within _BATCH_BUDGET_S (one at first).
+        limit = _BATCH_MAX if self.concurrency == 1 else 1
         while not self._stopping.is_set():
-            batch = self._next_batch(source)
+            batch = self._next_batch(source, limit)
             if batch:
                 receipts = _Batch()
                 with self._serial:
-                    works = [_Work(source, msg, receipts) for msg in batch]
+                    began = time.perf_counter()
+                    works = [_Work(source, msg, receipts, began) for msg in batch]
                     for work in works:
                         self._invoke_sync(work)
+                if self.concurrency > 1:
+                    per_message = (time.perf_counter() - began) / len(works)
+                    limit = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET_S / max(per_message, 1e-7))))
                 pending.append((receipts, works))
             while pending and len(pending[0][0].done) >= pending[0][0].issued:
                 self._settle_all(pending.popleft()[1])
@@ -295,8 +313,28 @@ class Instance:
             self._settle_all(works)
 
     def _settle_all(self, works: list[_Work]) -> None:
+        """Settle a batch: successes acked in one pass and counted in one metrics update."""
+        if self._attempts or self._guarantee not in _ACKED_ON_SUCCESS:
+            for work in works:
+                self._settle(work)
+            return
+        now = time.perf_counter()
+        succeeded = 0
+        total_s = 0.0
         for work in works:
-            self._settle(work)
+            if work.error is not None:
+                self._settle(work)
+                continue
+            work.settled = True
+            try:
+                work.source.ack(work.msg)
+            except Exception:
+                _log.exception("cannot acknowledge message %s", work.msg.message_id())
+                continue
+            succeeded += 1
+            total_s += now - work.started
+        if succeeded:
+            self.metrics.note_processed_many(succeeded, total_s * 1000.0)
 
     def _await_receipts(self, receipts: _Batch, works: list[_Work]) -> None:
         """After a flush every receipt is in, or the broker is away: wait, but not forever.
@@ -316,24 +354,33 @@ class Instance:
                 return
             time.sleep(0.0005)
 
-    def _receive_loop(self, source: Source, dispatch: Callable[[Source, InMessage], None]) -> None:
+    def _receive_loop(self, source: Source, dispatch: Dispatch) -> None:
+        """Hand received messages on as slots free up: as many at once as there are slots."""
         while not self._stopping.is_set():
             batch = self._next_batch(source)
-            for i, msg in enumerate(batch):
+            start = 0
+            while start < len(batch):
+                end = start
+                while end < len(batch) and self._slots.acquire(blocking=False):
+                    end += 1
+                if end > start:
+                    with self._lock:
+                        self._in_flight += end - start
+                    dispatch(source, batch[start:end])
+                    start = end
+                    continue
                 while not self._slots.acquire(timeout=0.2):
                     if self._stopping.is_set():
-                        for undelivered in batch[i:]:
+                        for undelivered in batch[start:]:
                             source.nack(undelivered)  # redelivered to whoever runs next
                         return
-                with self._lock:
-                    self._in_flight += 1
-                dispatch(source, msg)
+                self._slots.release()  # taken again with the ones after it
 
-    def _start_dispatch(self) -> Callable[[Source, InMessage], None]:
+    def _start_dispatch(self) -> Dispatch:
         if self.handler.is_async:
             return self._start_event_loop()
         if self.concurrency == 1 and len(self.broker.sources) == 1:
-            return self._process_sync  # inline in the receiver thread: no hand-off at all
+            return self._process_sync_all  # inline in the receiver thread: no hand-off at all
         workers = self.concurrency
         nqueues = workers if self._keyed else 1
         self._queues = [queue.SimpleQueue() for _ in range(nqueues)]
@@ -342,12 +389,14 @@ class Instance:
             t = threading.Thread(target=self._worker, args=(q,), name=f"pf-work-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        if nqueues == 1:
-            only = self._queues[0]
-            return lambda source, msg: only.put((source, msg))
-        return lambda source, msg: self._queues[hash(msg.partition_key()) % nqueues].put(
-            (source, msg)
-        )
+        queues = self._queues
+
+        def dispatch(source: Source, msgs: Sequence[InMessage]) -> None:
+            for msg in msgs:
+                q = queues[0] if nqueues == 1 else queues[hash(msg.partition_key()) % nqueues]
+                q.put((source, msg))
+
+        return dispatch
 
     def _worker(self, q: queue.SimpleQueue[tuple[Source, InMessage] | None]) -> None:
         while (item := q.get()) is not None:
@@ -371,6 +420,10 @@ class Instance:
             codec = self._input_serdes.get(strip_partition(work.msg.topic_name()), codec)
         value = codec.decode(work.msg.data())
         return Context(self.env, work.msg, work), value
+
+    def _process_sync_all(self, source: Source, msgs: Sequence[InMessage]) -> None:
+        for msg in msgs:
+            self._process_sync(source, msg)
 
     def _process_sync(self, source: Source, msg: InMessage) -> None:
         work = _Work(source, msg)
@@ -397,7 +450,7 @@ class Instance:
         except Exception as exc:
             self._fail(work, exc)
 
-    def _start_event_loop(self) -> Callable[[Source, InMessage], None]:
+    def _start_event_loop(self) -> Dispatch:
         loop = asyncio.new_event_loop()
         self._loop = loop
         started = threading.Event()
@@ -414,10 +467,14 @@ class Instance:
         started.wait()
         self._loop_thread = t
 
-        def dispatch(source: Source, msg: InMessage) -> None:
-            loop.call_soon_threadsafe(self._spawn, source, msg)
+        def dispatch(source: Source, msgs: Sequence[InMessage]) -> None:
+            loop.call_soon_threadsafe(self._spawn_all, source, msgs)  # one wake-up for all
 
         return dispatch
+
+    def _spawn_all(self, source: Source, msgs: Sequence[InMessage]) -> None:
+        for msg in msgs:
+            self._spawn(source, msg)
 
     def _spawn(self, source: Source, msg: InMessage) -> None:
         work = _Work(source, msg)
@@ -604,10 +661,7 @@ class Instance:
         self.metrics.note_processed((time.perf_counter() - work.started) * 1000.0)
         if self._attempts:  # only messages that failed before are in it
             self._attempts.pop(work.msg.message_id().serialize(), None)
-        if self._guarantee in (
-            ProcessingGuarantee.ATLEAST_ONCE,
-            ProcessingGuarantee.EFFECTIVELY_ONCE,
-        ):
+        if self._guarantee in _ACKED_ON_SUCCESS:
             work.source.ack(work.msg)
 
     def _settle_failure(self, work: _Work, error: BaseException) -> None:

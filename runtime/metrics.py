@@ -55,6 +55,13 @@ class Metrics:
             self._s.processed_successfully += 1
             self._s.process_latency_ms.observe(latency_ms)
 
+    def note_processed_many(self, count: int, total_latency_ms: float) -> None:
+        """`count` successes at once (batch mode): one lock for a whole batch."""
+        with self._lock:
+            self._s.processed_successfully += count
+            self._s.process_latency_ms.count += count
+            self._s.process_latency_ms.total += total_latency_ms
+
     def note_user_exception(self) -> None:
         with self._lock:
             self._s.user_exceptions += 1
