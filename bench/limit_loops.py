@@ -1,0 +1,115 @@
+"""The reference loops of the runtime benchmark (a): pulsar-client alone, no runtime around it.
+
+    batched  the limit: take what the consumer has (up to 1000), send_async each output with a
+             callback, flush once, then acknowledge the batch. Still at-least-once: a batch is
+             acknowledged only after every send of it is persisted. Written on the client's
+             native objects (`_consumer`, `_producer`, `_pulsar.MessageBuilder`), the fastest
+             the client allows from Python.
+    naive    receive one message, send_async its output with a per-message callback that
+             acknowledges the input; the loop most people write first.
+
+Both copy the payload and the event time unchanged and run until SIGTERM/SIGINT.
+Usage: python limit_loops.py batched|naive SERVICE_URL INPUT OUTPUT SUBSCRIPTION
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+import _pulsar
+import pulsar
+
+_BATCH_MAX = 1000
+
+
+def _open(service_url: str, source: str, sink: str, subscription: str) -> tuple[Any, Any, Any]:
+    client = pulsar.Client(service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
+    consumer = client.subscribe(
+        source,
+        subscription,
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Earliest,
+        receiver_queue_size=1000,
+    )
+    producer = client.create_producer(
+        sink,
+        block_if_queue_full=True,
+        send_timeout_millis=0,
+        batching_enabled=True,
+        batching_max_publish_delay_ms=10,
+        batching_max_messages=1000,
+        max_pending_messages=10000,
+    )
+    return client, consumer, producer
+
+
+def batched(consumer: Any, producer: Any, stop: threading.Event) -> None:
+    native_consumer, native_producer = consumer._consumer, producer._producer
+    receive, send = native_consumer.receive, native_producer.send_async
+    failed: list[Any] = []
+
+    def sent(result: Any, _msg_id: Any) -> None:
+        if result != _pulsar.Result.Ok:
+            failed.append(result)
+
+    while not stop.is_set():
+        try:
+            batch = [receive(100)]
+        except pulsar.Timeout:
+            continue
+        while len(batch) < _BATCH_MAX:
+            try:
+                batch.append(receive(0))
+            except pulsar.Timeout:
+                break
+        for msg in batch:
+            builder = _pulsar.MessageBuilder()
+            builder.content(msg.data())
+            event_time = msg.event_timestamp()
+            if event_time:
+                builder.event_timestamp(event_time)
+            send(builder.build(), sent)
+        native_producer.flush()
+        if failed:  # at-least-once: redeliver the whole batch
+            failed.clear()
+            for msg in batch:
+                native_consumer.negative_acknowledge(msg)
+            continue
+        for msg in batch:
+            native_consumer.acknowledge(msg)
+
+
+def naive(consumer: Any, producer: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            msg = consumer.receive(100)
+        except pulsar.Timeout:
+            continue
+
+        def sent(result: Any, _msg_id: Any, msg: Any = msg) -> None:
+            if result == pulsar.Result.Ok:
+                consumer.acknowledge(msg)
+            else:
+                consumer.negative_acknowledge(msg)
+
+        producer.send_async(msg.data(), sent, event_timestamp=msg.event_timestamp() or None)
+
+
+def main(argv: list[str]) -> None:
+    mode, service_url, source, sink, subscription = argv
+    loop = {"batched": batched, "naive": naive}[mode]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    client, consumer, producer = _open(service_url, source, sink, subscription)
+    print("ready", flush=True)
+    loop(consumer, producer, stop)
+    producer.flush()
+    client.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,486 @@
+"""Runtime benchmark (not a test): pulsarfunc against pulsar-client's limit and Pulsar's instance.
+
+In one run against one real broker (given, or a container started here and removed at exit),
+every case processes the same trivial function (bytes in, the same bytes out, 100-byte
+messages) and is measured the same way:
+
+  msg/s     drain a backlog (--messages, default 50,000) produced before the processor starts;
+            the rate of outputs by the broker's own count, over the last 95% of them
+  p50/p99   end-to-end latency at a fixed moderate rate (--rate msg/s for --seconds): the
+            producer stamps each payload with the time, the output's receipt is timed
+  each the median of --repeats runs (a fresh processor and fresh topics per run)
+
+Cases: (a) the batched pulsar-client limit loop and the naive loop (bench/limit_loops.py);
+(b) pulsarfunc through LocalRun (`pulsarfunc run`) and as a built image (`docker run` on the
+broker's network), sync and async, at --concurrency 1 and at the default; (c) Pulsar's own
+Python instance (python_instance_main.py of $PULSAR_HOME, in a venv of its own under
+~/.cache/pulsarfunc); (d) cold start, from `docker run` / `pulsarfunc run` to the first output;
+(e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64.
+It prints a table, the ratios b/a and b/c against the targets of issue 7, and writes the same
+to bench/results/latest.md.
+
+Usage (README "Benchmarks"): .venv/bin/python bench/runtime_bench.py
+  [--service-url pulsar://127.0.0.1:6650 --admin-url http://127.0.0.1:8080] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import harness  # type: ignore[import-not-found]  # bench/ is on sys.path when run
+from harness import Broker, Cleanup
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+FNS = BENCH / "fns"
+CACHE = Path(os.environ.get("PULSARFUNC_CACHE") or Path.home() / ".cache" / "pulsarfunc")
+INSTANCE_VENV = CACHE / "pulsar-instance-venv"
+INSTANCE_REQUIREMENTS = [  # what Pulsar 4.0.8's python-instance imports, at its generated versions
+    "pulsar-client==3.13.0",
+    "protobuf>=6.31,<6.32",
+    "grpcio>=1.73,<1.74",
+    "apache-bookkeeper-client>=4.16,<5",
+    "prometheus-client>=0.20,<1",
+    "ratelimit>=2.2,<3",
+]
+IMAGE_PREFIX = "pulsarfunc-bench"
+
+
+# -- processors: what runs a function, started per run and stopped after it ----------------------
+
+
+@dataclass
+class Running:
+    """A started processor: a local process or a container."""
+
+    process: subprocess.Popen[bytes] | None = None
+    container: str | None = None
+    log: Path | None = None
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        assert self.container is not None
+        state = harness.sh("docker", "inspect", "-f", "{{.State.Running}}", self.container)
+        return bool(state == "true")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.container is not None:
+            harness.sh("docker", "rm", "-f", self.container, check=False)
+
+    def tail(self) -> str:
+        if self.container is not None:
+            return str(harness.sh("docker", "logs", "--tail", "20", self.container, check=False))
+        if self.log is not None and self.log.exists():
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+        return ""
+
+
+Start = Callable[[Broker, str, str, str], Running]  # (broker, input, output, subscription)
+
+
+def _spawn(command: Sequence[str], workdir: Path, env: dict[str, str] | None = None) -> Running:
+    log = workdir / f"proc-{uuid.uuid4().hex[:6]}.log"
+    out = log.open("wb")
+    process = subprocess.Popen(
+        list(command), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    out.close()
+    return Running(process=process, log=log)
+
+
+def limit_loop(mode: str, workdir: Path) -> Start:
+    def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
+        script = str(BENCH / "limit_loops.py")
+        command = [sys.executable, script, mode, broker.service_url, source, sink, sub]
+        return _spawn(command, workdir)
+
+    return start
+
+
+def _function_flags(
+    url: str, source: str, sink: str, sub: str, concurrency: int | None
+) -> list[str]:
+    flags = ["--service-url", url, "--inputs", source, "--output", sink, "--subscription", sub]
+    flags += ["--subscription-position", "EARLIEST", "--log-level", "WARNING"]
+    return flags + (["--concurrency", str(concurrency)] if concurrency else [])
+
+
+def localrun(fn: str, concurrency: int | None, workdir: Path) -> Start:
+    """`pulsarfunc run bench/fns/FN/handler.py:handler` as a user runs it."""
+    pulsarfunc = str(Path(sys.executable).with_name("pulsarfunc"))
+
+    def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
+        target = f"{FNS / fn / 'handler.py'}:handler"
+        flags = _function_flags(broker.service_url, source, sink, sub, concurrency)
+        return _spawn([pulsarfunc, "run", target, *flags], workdir)
+
+    return start
+
+
+def image(fn: str, concurrency: int | None) -> Start:
+    """`docker run IMAGE` on the broker's network (the image built by `build_images`)."""
+
+    def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
+        name = f"{IMAGE_PREFIX}-{uuid.uuid4().hex[:8]}"
+        flags = _function_flags(broker.internal_url, source, sink, sub, concurrency)
+        harness.sh(
+            "docker", "run", "-d", "--name", name, "--network", broker.network, "--read-only",
+            f"{IMAGE_PREFIX}/{fn}:latest", *flags,
+        )  # fmt: skip
+        return Running(container=name)
+
+    return start
+
+
+def pulsar_instance(workdir: Path) -> Start:
+    """Pulsar 4.0.8's own python_instance_main.py, as its process runtime starts it."""
+    home = Path(os.environ["PULSAR_HOME"])
+    main = home / "instances" / "python-instance" / "python_instance_main.py"
+    logging_conf = home / "conf" / "functions-logging" / "console_logging_config.ini"
+    python = str(INSTANCE_VENV / "bin" / "python")
+
+    def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
+        details = {
+            "tenant": "public",
+            "namespace": "default",
+            "name": f"echo-{uuid.uuid4().hex[:6]}",
+            "className": "pulsar_echo",
+            "runtime": "PYTHON",
+            "autoAck": True,
+            "processingGuarantees": "ATLEAST_ONCE",
+            "source": {
+                "subscriptionType": "SHARED",
+                "inputSpecs": {source: {}},
+                "subscriptionName": sub,
+                "subscriptionPosition": "EARLIEST",
+            },
+            "sink": {"topic": sink},
+        }
+        ports = [str(_free_port()), str(_free_port())]
+        command = [
+            python, str(main), "--function_details", json.dumps(details),
+            "--py", str(FNS / "pulsar_echo.py"), "--instance_id", "0",
+            "--function_id", "bench", "--function_version", "1",
+            "--pulsar_serviceurl", broker.service_url, "--port", ports[0],
+            "--metrics_port", ports[1], "--max_buffered_tuples", "1024",
+            "--logging_directory", str(workdir), "--logging_file", "instance",
+            "--logging_config_file", str(logging_conf), "--logging_level", "warning",
+            "--expected_healthcheck_interval", "0", "--cluster_name", "standalone",
+        ]  # fmt: skip
+        return _spawn(command, workdir)
+
+    return start
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load_local_images_env() -> None:
+    """PULSAR_IMAGE, PULSARFUNC_BASE_IMAGE and PULSAR_HOME from the bootstrap, unless set."""
+    env_file = CACHE / "local-images.env"
+    if not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if sep and not line.startswith("#"):
+            os.environ.setdefault(name.strip(), value.strip().strip("'\""))
+
+
+def ensure_instance_venv() -> None:
+    """The venv Pulsar's instance needs (its *_pb2.py want protobuf 6.31, grpcio 1.73)."""
+    if (INSTANCE_VENV / ".complete").exists():
+        return
+    print(f"creating {INSTANCE_VENV} for Pulsar's python instance (once)", flush=True)
+    shutil.rmtree(INSTANCE_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(INSTANCE_VENV)], check=True)
+    pip = [str(INSTANCE_VENV / "bin" / "pip"), "install", "--quiet", *INSTANCE_REQUIREMENTS]
+    subprocess.run(pip, check=True)
+    (INSTANCE_VENV / ".complete").touch()
+
+
+def build_images(cleanup: Cleanup, keep: bool) -> None:
+    pulsarfunc = str(Path(sys.executable).with_name("pulsarfunc"))
+    for fn in ("echo", "echo_async"):
+        tag = f"{IMAGE_PREFIX}/{fn}:latest"
+        subprocess.run([pulsarfunc, "build", str(FNS / fn), "-t", tag, "-q"], check=True)
+        if not keep:
+            cleanup.add(functools.partial(harness.sh, "docker", "rmi", tag, check=False))
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    rates: list[float] = field(default_factory=list)
+    p50s: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    messages: int
+    repeats: int
+    rate: int
+    seconds: float
+
+
+def run_once(
+    broker: Broker, start: Start, settings: Settings, figures: Figures, count: int, latency: bool
+) -> None:
+    """One run: drain a backlog of `count`, then (optionally) latency at a fixed rate."""
+    source, sink, sub = harness.topic("in"), harness.topic("out"), "bench"
+    harness.produce_backlog(broker.service_url, source, count)
+    running = start(broker, source, sink, sub)
+    try:
+        timeout = 60 + count / 500
+        rate = harness.drain_rate(broker.admin_url, sink, count, timeout, running.alive)
+        figures.rates.append(rate)
+        if latency:
+            p50, p99 = harness.latency(
+                broker.service_url, source, sink, settings.rate, settings.seconds
+            )
+            figures.p50s.append(p50)
+            figures.p99s.append(p99)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\nprocessor output:\n{running.tail()}") from exc
+    finally:
+        running.stop()
+
+
+def cold_start(broker: Broker, start: Start, repeats: int) -> Figures:
+    figures = Figures()
+    for _ in range(repeats):
+        source, sink = harness.topic("cold-in"), harness.topic("cold-out")
+        begin = functools.partial(start, broker, source, sink, "bench")
+        seconds, running = harness.first_output_after(broker.service_url, source, sink, begin)
+        running.stop()
+        figures.starts.append(seconds)
+    return figures
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def _at_least(value: float | None, target: float) -> bool | None:
+    return None if value is None else value >= target
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(results: dict[str, Figures]) -> list[str]:
+    lines = [
+        "| case | msg/s (median) | runs (msg/s) | p50 ms | p99 ms | cold start s |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for name, f in results.items():
+        runs = " / ".join(f"{r:,.0f}" for r in f.rates)
+        lines.append(
+            f"| {name} | {_fmt(Figures.median(f.rates), 0)} | {runs} | "
+            f"{_fmt(Figures.median(f.p50s), 2)} | {_fmt(Figures.median(f.p99s), 2)} | "
+            f"{_fmt(Figures.median(f.starts), 2)} |"
+        )
+    return lines
+
+
+def verdicts(
+    results: dict[str, Figures], default_concurrency: int, io_cases: dict[str, int]
+) -> list[str]:
+    def med(name: str, attr: str) -> float | None:
+        f = results.get(name)
+        return Figures.median(getattr(f, attr)) if f else None
+
+    lines = ["| target (issue 7) | measured | target | verdict |", "| --- | ---: | ---: | --- |"]
+
+    def add(what: str, value: float | None, target: str, ok: bool | None) -> None:
+        verdict = "-" if ok is None else ("PASS" if ok else "MISS")
+        lines.append(f"| {what} | {_fmt(value, 2)} | {target} | {verdict} |")
+
+    sync_default = "b pulsarfunc run, sync, default concurrency"
+    limit, naive = "a limit loop (batched)", "a naive loop"
+    ours, lim, nai = med(sync_default, "rates"), med(limit, "rates"), med(naive, "rates")
+    pulsar = med("c Pulsar's Python instance", "rates")
+    ratio = ours / lim if ours and lim else None
+    add("b/a: sync default vs batched limit (msg/s)", ratio, ">= 0.9", _at_least(ratio, 0.9))
+    ratio = ours / nai if ours and nai else None
+    add("b/a: sync default vs naive loop (msg/s)", ratio, "(info)", None)
+    for label, case in (
+        ("image", "b image, sync, default concurrency"),
+        ("async", "b pulsarfunc run, async, default concurrency"),
+    ):
+        value = med(case, "rates")
+        ratio = value / lim if value and lim else None
+        add(f"b/a: {label} default vs batched limit (msg/s)", ratio, "(info)", None)
+    ratio = ours / pulsar if ours and pulsar else None
+    add("b/c: sync default vs Pulsar's instance (msg/s)", ratio, ">= 10", _at_least(ratio, 10))
+    p99_ours, p99_lim = med(sync_default, "p99s"), med(limit, "p99s")
+    over = p99_ours - p99_lim if p99_ours is not None and p99_lim is not None else None
+    add("p99 overhead over (a), ms", over, "<= 2", over is not None and over <= 2)
+    for name in ("d cold start: docker run", "d cold start: pulsarfunc run"):
+        value = med(name, "starts")
+        add(f"{name[2:]} to first output, s", value, "<= 1", value is not None and value <= 1)
+    for name, concurrency in io_cases.items():
+        value = med(name, "rates")
+        want = 0.8 * concurrency * 100
+        add(f"{name[2:]} (msg/s)", value, f">= {want:,.0f}", value is not None and value >= want)
+    lines.append(f"\ndefault concurrency: {default_concurrency}")
+    return lines
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--service-url", default=os.environ.get("PULSAR_SERVICE_URL"))
+    parser.add_argument("--admin-url", default=os.environ.get("PULSAR_ADMIN_URL"))
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=500, help="latency runs: msg/s")
+    parser.add_argument("--seconds", type=float, default=4.0, help="latency runs: duration")
+    parser.add_argument("--quick", action="store_true", help="1 run, 20k messages (a smoke run)")
+    parser.add_argument("--only", default="", help="cases whose name has one of A|B|...")
+    parser.add_argument("--keep-images", action="store_true")
+    parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.messages, args.repeats, args.seconds = 20_000, 1, 2.0
+    settings = Settings(args.messages, args.repeats, args.rate, args.seconds)
+
+    from pulsarfunc.runtime.config import FunctionConfig
+
+    default_concurrency = FunctionConfig.__dataclass_fields__["concurrency"].default
+    assert isinstance(default_concurrency, int)
+    began = time.monotonic()
+    load_local_images_env()
+    cleanup = Cleanup()
+    workdir = Path(tempfile.mkdtemp(prefix="pulsarfunc-bench-"))
+    cleanup.add(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    image_name = os.environ.get("PULSAR_IMAGE") or "apachepulsar/pulsar:4.0.8"
+
+    c1, dflt = 1, None  # None: the flag is not given, the runtime's default applies
+    cases: list[tuple[str, Start, dict[str, object]]] = [
+        ("a limit loop (batched)", limit_loop("batched", workdir), {}),
+        ("a naive loop", limit_loop("naive", workdir), {}),
+        ("b pulsarfunc run, sync, concurrency 1", localrun("echo", c1, workdir), {}),
+        ("b pulsarfunc run, sync, default concurrency", localrun("echo", dflt, workdir), {}),
+        ("b pulsarfunc run, async, concurrency 1", localrun("echo_async", c1, workdir), {}),
+        ("b pulsarfunc run, async, default concurrency", localrun("echo_async", dflt, workdir), {}),
+        ("b image, sync, concurrency 1", image("echo", c1), {}),
+        ("b image, sync, default concurrency", image("echo", dflt), {}),
+        ("b image, async, concurrency 1", image("echo_async", c1), {}),
+        ("b image, async, default concurrency", image("echo_async", dflt), {}),
+        ("c Pulsar's Python instance", pulsar_instance(workdir), {"count": 20_000}),
+    ]
+    io_cases: dict[str, int] = {}
+    for fn, kind in (("sleep_async", "async sleep"), ("sleep_sync", "blocking sleep")):
+        for concurrency in (1, 16, 64):
+            name = f"e 10 ms {kind}, concurrency {concurrency}"
+            io_cases[name] = concurrency
+            count = max(200, concurrency * 100 * 3)  # about 3 s at the ideal rate
+            start = localrun(fn, concurrency, workdir)
+            cases.append((name, start, {"count": count, "latency": False}))
+    cases.append(("b pulsarfunc run, sync, concurrency 16", localrun("echo", 16, workdir), {}))
+    cold = [
+        ("d cold start: docker run", image("echo", dflt)),
+        ("d cold start: pulsarfunc run", localrun("echo", dflt, workdir)),
+    ]
+    only = [s for s in args.only.split("|") if s]
+    names = [name for name, *_ in cases] + [name for name, _ in cold]
+    wanted = {name for name in names if not only or any(s in name for s in only)}
+
+    print("preparing: broker, images, Pulsar instance venv", flush=True)
+    if "c Pulsar's Python instance" in wanted:
+        ensure_instance_venv()
+    if any("image" in name or "docker run" in name for name in wanted):
+        build_images(cleanup, args.keep_images)
+    broker = harness.broker(args.service_url, args.admin_url, image_name, cleanup)
+    print(f"broker: {broker.service_url} (containers: {broker.internal_url})", flush=True)
+    results: dict[str, Figures] = {name: Figures() for name in names if name in wanted}
+    print("warm-up (a fresh broker's JIT; not counted)", flush=True)
+    run_once(broker, limit_loop("batched", workdir), settings, Figures(), settings.messages, True)
+    # Round after round of every case, not case after case: the load of a shared machine
+    # then changes under every case alike, and the medians compare.
+    for round_ in range(1, settings.repeats + 1):
+        print(f"round {round_} of {settings.repeats}", flush=True)
+        for name, start, options in cases:
+            if name not in wanted:
+                continue
+            wanted_count = options.get("count")
+            count = (
+                min(wanted_count, settings.messages)
+                if isinstance(wanted_count, int)
+                else settings.messages
+            )
+            latency = bool(options.get("latency", True))
+            run_once(broker, start, settings, results[name], count, latency)
+            figures = results[name]
+            p99 = f", p99 {figures.p99s[-1]:.2f} ms" if latency else ""
+            print(f"  {name}: {figures.rates[-1]:,.0f} msg/s{p99}", flush=True)
+    for name, start in cold:
+        if name not in wanted:
+            continue
+        print(f"  {name} ...", end=" ", flush=True)
+        results[name] = cold_start(broker, start, settings.repeats)
+        print(f"{_fmt(Figures.median(results[name].starts), 2)} s", flush=True)
+
+    header = [
+        "# Runtime benchmark",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}: {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}, broker "
+        f"{harness.admin_get(broker.admin_url, '/admin/v2/brokers/version')} "
+        f"({'given' if args.service_url else 'started here'}); {settings.messages:,} messages "
+        f"of {harness.PAYLOAD_BYTES} bytes per throughput run (Pulsar's instance: "
+        f"{min(20_000, settings.messages):,}), latency at {settings.rate} msg/s for "
+        f"{settings.seconds:g} s; median of {settings.repeats}; "
+        f"{time.monotonic() - began:.0f} s in all.",
+        "",
+    ]
+    text = "\n".join([*header, *table(results), "", *verdicts(results, default_concurrency, {
+        k: v for k, v in io_cases.items() if k in results
+    })]) + "\n"  # fmt: skip
+    print()
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
