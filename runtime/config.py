@@ -133,7 +133,7 @@ class FunctionConfig:
     processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.ATLEAST_ONCE
     retain_ordering: bool = False
     retain_key_ordering: bool = False
-    concurrency: int = 1
+    concurrency: int = 0  # 0 = auto (see instance.effective_concurrency)
     max_message_retries: int | None = None  # None = retry forever (no dead-letter topic)
     dead_letter_topic: str = ""  # "" = Pulsar's name "<input>-<subscription>-DLQ" when retries set
     redelivery_delay_ms: int = 1000  # nack delay; Pulsar's 60 s default is too slow for a function
@@ -361,7 +361,7 @@ def _validate(config: FunctionConfig, source: Callable[[str], str]) -> None:
             fail(key, f"invalid {key} {text!r}", "use letters, digits and -=:._ only")
     minimum = {
         "instance_id": 0,
-        "concurrency": 1,
+        "concurrency": 0,
         "max_message_retries": 0,
         "redelivery_delay_ms": 0,
         "timeout_ms": 1,

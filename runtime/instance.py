@@ -68,6 +68,28 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
+DEFAULT_ASYNC_CONCURRENCY = 16  # chosen by bench/runtime_bench.py: free for trivial handlers
+
+
+def effective_concurrency(config: FunctionConfig, is_async: bool) -> int:
+    """How many messages the handler works on at once.
+
+    An explicit --concurrency wins, except where input order must be kept (retain-ordering,
+    effectively-once): 1. Auto (0) is 16 for async handlers on shared or key-shared
+    subscriptions (one event loop: they interleave only at `await`), else 1: a sync handler is
+    never called from two threads at once unless asked to, as under Pulsar's own instance.
+    """
+    if (
+        config.retain_ordering
+        or config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
+    ):
+        return 1
+    if config.concurrency > 0:
+        return config.concurrency
+    shared = config.subscription_type in (SubscriptionType.SHARED, SubscriptionType.KEY_SHARED)
+    return DEFAULT_ASYNC_CONCURRENCY if is_async and shared else 1
+
+
 class _Batch:
     """Send receipts of one batch (batch mode): callbacks append, the loop counts."""
 
@@ -126,7 +148,8 @@ class Instance:
         logger: logging.Logger | None = None,
     ) -> None:
         self.config = config
-        self.handler = with_timeout(handler, config.timeout_ms, config.concurrency)
+        self.concurrency = effective_concurrency(config, handler.is_async)
+        self.handler = with_timeout(handler, config.timeout_ms, self.concurrency)
         self.broker = broker
         self.metrics = metrics or Metrics()
         self.env = FunctionEnv(
@@ -152,7 +175,6 @@ class Instance:
         self._ordered = (
             config.retain_ordering or self._guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
         )
-        self.concurrency = 1 if self._ordered else max(1, config.concurrency)
         if self._ordered and config.concurrency > 1:
             _log.warning(
                 "concurrency %d lowered to 1: retain-ordering/effectively-once keep input order",

@@ -217,8 +217,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--retain-key-ordering", "retain_key_ordering", _PROCESSING,
            "keep the order of messages with the same key (key-shared subscription)",
            allowed=_BOOL, kind="bool"),
-    Option("--concurrency", "concurrency", _PROCESSING, "messages processed at the same time",
-           "N", "a whole number >= 1", _integer),
+    Option("--concurrency", "concurrency", _PROCESSING,
+           "messages processed at the same time (default 0 = auto: 16 for async handlers on "
+           "shared or key-shared subscriptions, else 1; sync handlers run on N threads)",
+           "N", "a whole number >= 0", _integer),
     Option("--max-message-retries", "max_message_retries", _PROCESSING,
            "redeliveries before a message goes to the dead-letter topic (default: forever)",
            "N", "a whole number >= 0", _integer),

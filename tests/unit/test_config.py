@@ -252,7 +252,7 @@ def test_defaults_sit_under_everything_the_user_set() -> None:
 
 def test_empty_env_vars_count_as_unset() -> None:
     config = resolve(IN, {"PULSARFUNC_CONCURRENCY": "", "PULSARFUNC_OUTPUT": " "})
-    assert (config.concurrency, config.output) == (1, "")
+    assert (config.concurrency, config.output) == (0, "")
 
 
 def test_other_variables_are_ignored_and_typos_are_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -297,8 +297,8 @@ ERRORS: list[tuple[list[str], dict[str, str], list[str]]] = [
     ([*IN, "--debug=yes"], {}, ["--debug", "'yes'", "--no-debug turns it off"]),
     (["--input", "a"], {}, ["--input", "did you mean --inputs?"]),  # no abbreviations
     ([*IN, "--concurrency", "many"], {}, ["--concurrency", "'many'", "whole number"]),
-    ([*IN, "--concurrency", "0"], {}, ["--concurrency", "concurrency is 0", ">= 1"]),
-    ([], {**IN_ENV, "PULSARFUNC_CONCURRENCY": "-2"}, ["PULSARFUNC_CONCURRENCY", ">= 1"]),
+    ([*IN, "--concurrency", "-1"], {}, ["--concurrency", "concurrency is -1", ">= 0"]),
+    ([], {**IN_ENV, "PULSARFUNC_CONCURRENCY": "-2"}, ["PULSARFUNC_CONCURRENCY", ">= 0"]),
     ([], {**IN_ENV, "PULSARFUNC_INSTANCE_ID": "x"}, ["PULSARFUNC_INSTANCE_ID", "'x'"]),
     ([*IN, "--subscription-type", "ROUND_ROBIN"], {},
      ["--subscription-type", "'ROUND_ROBIN'", "SHARED|FAILOVER|KEY_SHARED|EXCLUSIVE"]),

@@ -20,7 +20,7 @@ from pulsarfunc.runtime.config import (
     SubscriptionType,
 )
 from pulsarfunc.runtime.handler import inspect_handler
-from pulsarfunc.runtime.instance import Instance
+from pulsarfunc.runtime.instance import Instance, effective_concurrency
 
 OUT = "persistent://public/default/out"
 
@@ -296,3 +296,24 @@ def test_metrics_count_received_and_processed(guarantee: ProcessingGuarantee) ->
         wait_for(lambda: inst.metrics.snapshot().processed_successfully == 3)
     snap = inst.metrics.snapshot()
     assert (snap.received, snap.user_exceptions) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "is_async", "expected"),
+    [
+        ({}, False, 1),  # sync: never two threads at once unless asked
+        ({}, True, 16),  # async on a shared subscription: interleaves at await points
+        ({"subscription_type": SubscriptionType.KEY_SHARED}, True, 16),
+        ({"subscription_type": SubscriptionType.FAILOVER}, True, 1),
+        ({"subscription_type": SubscriptionType.EXCLUSIVE}, True, 1),
+        ({"concurrency": 8}, False, 8),
+        ({"concurrency": 8, "retain_ordering": True}, True, 1),
+        (
+            {"concurrency": 8, "processing_guarantee": ProcessingGuarantee.EFFECTIVELY_ONCE},
+            False,
+            1,
+        ),
+    ],
+)
+def test_effective_concurrency(fields: dict[str, Any], is_async: bool, expected: int) -> None:
+    assert effective_concurrency(make_config(**fields), is_async) == expected
