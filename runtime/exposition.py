@@ -172,6 +172,13 @@ class FunctionCollector(Collector):
         )
         dead.add_metric(labels, now.dead_lettered, created=created)
         yield dead
+        copies = CounterMetricFamily(
+            "pulsarfunc_redelivered_copies_skipped",
+            "Redelivered copies of messages already settled, acknowledged without processing.",
+            labels=LABEL_NAMES,
+        )
+        copies.add_metric(labels, now.copies_skipped, created=created)
+        yield copies
 
 
 def _summary(

@@ -21,7 +21,6 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,13 +38,13 @@ from pulsarfunc.runtime.naming import (
     output_sequence_id,
     strip_partition,
 )
+from pulsarfunc.runtime.redelivery import Redeliveries
 from pulsarfunc.runtime.timeouts import with_timeout
 from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
 
 _log = logging.getLogger("pulsarfunc.instance")
 
 _RECEIVE_TIMEOUT_MS = 100
-_LOCAL_ATTEMPTS_MAX = 100_000  # bound of the in-memory retry counter (see _attempts)
 _BATCH_MAX = 1000  # messages taken from the client per receive
 _BATCHES_IN_FLIGHT = 4  # batch mode: processed batches whose sends may still be pending
 _BATCH_BUDGET_S = 0.005  # batch mode with concurrency: handler time one thread takes per batch
@@ -129,6 +128,12 @@ class _Work:
         self.started = started or time.perf_counter()
 
 
+def _entry(msg: InMessage) -> tuple[int, int, int]:
+    """The broker entry (one producer batch) a message came in."""
+    mid = msg.message_id()
+    return (mid.partition(), mid.ledger_id(), mid.entry_id())
+
+
 def _error_reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:1000]
@@ -198,10 +203,7 @@ class Instance:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stopping = threading.Event()
-        self._attempts: OrderedDict[bytes, int] = OrderedDict()
-        # Ids sent to the dead-letter topic: a broker without batch-index acks redelivers a
-        # nacked message's whole batch, dead-lettered siblings too, which must not go twice.
-        self._dead_lettered: OrderedDict[bytes, None] = OrderedDict()
+        self._redeliveries = Redeliveries()
         self._threads: list[threading.Thread] = []
         self._receivers: list[threading.Thread] = []
         self._loop_thread: threading.Thread | None = None
@@ -288,12 +290,28 @@ class Instance:
             _log.warning("receive failed, retrying: %s", exc)
             time.sleep(0.5)
             return ()
+        if batch and self._redeliveries.watching:
+            batch = self._drop_copies(source, batch)
         if batch:
             self.metrics.note_received(len(batch))
             if self._guarantee is ProcessingGuarantee.ATMOST_ONCE:
                 for msg in batch:
                     source.ack(msg)
         return batch
+
+    def _drop_copies(self, source: Source, batch: Sequence[InMessage]) -> Sequence[InMessage]:
+        """Acknowledge copies of messages already settled here (a nacked message's batch comes
+        back whole unless the broker acks batch indexes); the rest go on to be processed."""
+        fresh: list[InMessage] = []
+        copies: list[InMessage] = []
+        for msg in batch:
+            (copies if self._redeliveries.is_copy(msg) else fresh).append(msg)
+        for msg in copies:
+            source.ack(msg)
+        if copies:
+            self.metrics.note_copies_skipped(len(copies))
+            _log.debug("acknowledged %d redelivered copies without processing", len(copies))
+        return fresh
 
     def _batch_loop(self, source: Source) -> None:
         """Process batch after batch; settle each one as soon as all its sends are persisted.
@@ -305,24 +323,61 @@ class Instance:
         # With one thread, batches are as large as the client has; with several, as large as
         # the handler's measured time per message allows within _BATCH_BUDGET_S (one at first).
         limit = _BATCH_MAX if self.concurrency == 1 else 1
+        last: Sequence[InMessage] = ()
         while not self._stopping.is_set():
             batch = self._next_batch(source, limit)
             if batch:
-                receipts = _Batch()
-                with self._serial:
-                    began = time.perf_counter()
-                    works = [_Work(source, msg, receipts, began) for msg in batch]
-                    for work in works:
-                        self._invoke_sync(work)
+                began = self._run_batch(source, batch, pending)
+                last = batch
                 if self.concurrency > 1:
-                    per_message = (time.perf_counter() - began) / len(works)
+                    per_message = (time.perf_counter() - began) / len(batch)
                     limit = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET_S / max(per_message, 1e-7))))
-                pending.append((receipts, works))
             while pending and len(pending[0][0].done) >= pending[0][0].issued:
                 self._settle_all(pending.popleft()[1])
             if pending and (not batch or len(pending) > _BATCHES_IN_FLIGHT):
                 self._settle_pending(pending)  # idle, or too far ahead: wait for the oldest
+        if self.concurrency == 1 and self._guarantee in _ACKED_ON_SUCCESS:
+            self._finish_open_entries(source, last, pending)
         self._settle_pending(pending)
+
+    def _run_batch(
+        self,
+        source: Source,
+        batch: Sequence[InMessage],
+        pending: collections.deque[tuple[_Batch, list[_Work]]],
+    ) -> float:
+        """Invoke the handler on every message of `batch`; returns when it began."""
+        receipts = _Batch()
+        with self._serial:
+            began = time.perf_counter()
+            works = [_Work(source, msg, receipts, began) for msg in batch]
+            for work in works:
+                self._invoke_sync(work)
+        pending.append((receipts, works))
+        return began
+
+    def _finish_open_entries(
+        self,
+        source: Source,
+        last: Sequence[InMessage],
+        pending: collections.deque[tuple[_Batch, list[_Work]]],
+    ) -> None:
+        """On stop, also process the rest of the producer batches already begun.
+
+        A broker without batch-index acks redelivers a partly acknowledged producer batch
+        whole, so stopping inside one would duplicate every sibling already processed. Its
+        remaining messages are in the client's queue already (a batch arrives in one piece);
+        anything else received here stays unacknowledged and goes to the next consumer.
+        """
+        open_entries = {_entry(msg) for msg in last if msg.message_id().batch_index() >= 0}
+        while open_entries:
+            more = self.broker.receive(source, _BATCH_MAX, 0)
+            rest = [msg for msg in more if _entry(msg) in open_entries]
+            if not rest:
+                return
+            self.metrics.note_received(len(rest))
+            self._run_batch(source, rest, pending)
+            open_entries = {_entry(msg) for msg in rest}
 
     def _settle_pending(self, pending: collections.deque[tuple[_Batch, list[_Work]]]) -> None:
         """Flush, then settle every pending batch in order."""
@@ -336,7 +391,7 @@ class Instance:
 
     def _settle_all(self, works: list[_Work]) -> None:
         """Settle a batch: successes acked in one pass and counted in one metrics update."""
-        if self._attempts or self._guarantee not in _ACKED_ON_SUCCESS:
+        if self._redeliveries.failing or self._guarantee not in _ACKED_ON_SUCCESS:
             for work in works:
                 self._settle(work)
             return
@@ -355,6 +410,7 @@ class Instance:
                 continue
             succeeded += 1
             total_s += now - work.started
+        self._redeliveries.settled(w.msg for w in works if w.error is None)
         if succeeded:
             self.metrics.note_processed_many(succeeded, total_s * 1000.0)
 
@@ -681,10 +737,9 @@ class Instance:
 
     def _succeed(self, work: _Work) -> None:
         self.metrics.note_processed((time.perf_counter() - work.started) * 1000.0)
-        if self._attempts:  # only messages that failed before are in it
-            self._attempts.pop(work.msg.message_id().serialize(), None)
         if self._guarantee in _ACKED_ON_SUCCESS:
             work.source.ack(work.msg)
+            self._redeliveries.settled((work.msg,))
 
     def _settle_failure(self, work: _Work, error: BaseException) -> None:
         if self._guarantee is ProcessingGuarantee.ATMOST_ONCE or work.acked:
@@ -692,47 +747,20 @@ class Instance:
             if self.config.dead_letter_topic:
                 self._dead_letter(work, error, 1, ack=False)
             return
-        if self._dead_lettered and self._was_dead_lettered(work.msg):
+        if self._redeliveries.is_dead_lettered(work.msg):
             work.source.ack(work.msg)  # a copy redelivered with its batch: already handled
             return
-        attempts = self._count_attempt(work.msg)
+        attempts = self._redeliveries.attempt(work.msg)
         limit = self.config.max_message_retries
         if limit is None or attempts <= limit:
             work.source.nack(work.msg)
             return
         self._dead_letter(work, error, attempts, ack=True)
 
-    def _count_attempt(self, msg: InMessage) -> int:
-        """Attempts so far: the broker's redelivery count, or our own where it keeps none.
-
-        Failover and exclusive subscriptions don't count redeliveries broker-side, so a local,
-        bounded counter keyed by message id backs the broker's count up.
-        """
-        key = msg.message_id().serialize()
-        with self._lock:
-            local = self._attempts.pop(key, 0) + 1
-            self._attempts[key] = local
-            if len(self._attempts) > _LOCAL_ATTEMPTS_MAX:
-                self._attempts.popitem(last=False)
-        return max(local, msg.redelivery_count() + 1)
-
-    def _was_dead_lettered(self, msg: InMessage) -> bool:
-        with self._lock:
-            return msg.message_id().serialize() in self._dead_lettered
-
-    def _mark_dead_lettered(self, key: bytes, marked: bool) -> None:
-        with self._lock:
-            if not marked:
-                self._dead_lettered.pop(key, None)
-                return
-            self._dead_lettered[key] = None
-            if len(self._dead_lettered) > _LOCAL_ATTEMPTS_MAX:
-                self._dead_lettered.popitem(last=False)
-
     def _dead_letter(self, work: _Work, error: BaseException, attempts: int, *, ack: bool) -> None:
         msg = work.msg
         if ack:
-            self._mark_dead_lettered(msg.message_id().serialize(), True)
+            self._redeliveries.dead_lettered(msg)
         topic = self.config.dead_letter_topic or dead_letter_topic(
             msg.topic_name(), self.config.subscription_name
         )
@@ -751,7 +779,6 @@ class Instance:
         def done(send_error: Exception | None) -> None:
             if send_error is None:
                 self.metrics.note_dead_lettered()
-                self._attempts.pop(msg.message_id().serialize(), None)
                 if ack:
                     work.source.ack(msg)
                 _log.warning(
@@ -760,7 +787,7 @@ class Instance:
             else:
                 _log.error("dead-letter send to %s failed: %s", topic, send_error)
                 if ack:
-                    self._mark_dead_lettered(msg.message_id().serialize(), False)
+                    self._redeliveries.dead_lettered(msg, done=False)
                     work.source.nack(msg)  # try again on redelivery
 
         self.broker.send(out, done)

@@ -33,6 +33,7 @@ class Snapshot:
     user_exceptions: int = 0
     system_exceptions: int = 0
     dead_lettered: int = 0
+    copies_skipped: int = 0  # redelivered copies of settled messages, acked unprocessed
     process_latency_ms: Summary = field(default_factory=Summary)
     last_invocation_ms: int = 0
     user_metrics: dict[str, Summary] = field(default_factory=dict)
@@ -74,6 +75,10 @@ class Metrics:
         with self._lock:
             self._s.dead_lettered += 1
 
+    def note_copies_skipped(self, count: int) -> None:
+        with self._lock:
+            self._s.copies_skipped += count
+
     def record(self, name: str, value: float) -> None:
         with self._lock:
             self._s.user_metrics.setdefault(name, Summary()).observe(value)
@@ -87,6 +92,7 @@ class Metrics:
                 s.user_exceptions,
                 s.system_exceptions,
                 s.dead_lettered,
+                s.copies_skipped,
                 Summary(s.process_latency_ms.count, s.process_latency_ms.total),
                 s.last_invocation_ms,
                 {k: Summary(v.count, v.total) for k, v in s.user_metrics.items()},

@@ -18,6 +18,7 @@ _ids = itertools.count(1)
 class FakeId:
     ledger: int
     entry: int
+    batch: int = -1
 
     def ledger_id(self) -> int:
         return self.ledger
@@ -29,13 +30,13 @@ class FakeId:
         return -1
 
     def batch_index(self) -> int:
-        return -1
+        return self.batch
 
     def serialize(self) -> bytes:
-        return f"{self.ledger}:{self.entry}".encode()
+        return f"{self.ledger}:{self.entry}:{self.batch}".encode()
 
     def __str__(self) -> str:
-        return f"({self.ledger},{self.entry},-1,-1)"
+        return f"({self.ledger},{self.entry},-1,{self.batch})"
 
 
 @dataclass
@@ -77,10 +78,16 @@ class FakeMessage:
 
 
 class FakeSource:
-    """A subscription: nacked messages come back with a higher redelivery count."""
+    """A subscription: nacked messages come back with a higher redelivery count.
 
-    def __init__(self, *, count_redeliveries: bool = True) -> None:
+    With `whole_batches`, a nack brings back every delivered message of the same entry (a
+    producer batch), acked siblings included, as a broker without batch-index acks does.
+    """
+
+    def __init__(self, *, count_redeliveries: bool = True, whole_batches: bool = False) -> None:
         self.queue: collections.deque[FakeMessage] = collections.deque()
+        self.delivered: list[FakeMessage] = []
+        self.whole_batches = whole_batches
         self.acked: list[FakeMessage] = []
         self.nacked: list[FakeMessage] = []
         self.count_redeliveries = count_redeliveries
@@ -95,25 +102,40 @@ class FakeSource:
         assert isinstance(message, FakeMessage)
         with self.lock:
             self.nacked.append(message)
-            again = FakeMessage(
-                message.payload,
-                message.key,
-                message.props,
-                message.topic,
-                message.redeliveries + (1 if self.count_redeliveries else 0),
-                message.event_ts,
-                message.mid,
+            entry = (message.mid.ledger, message.mid.entry)
+            back = (
+                [m for m in self.delivered if (m.mid.ledger, m.mid.entry) == entry]
+                if self.whole_batches
+                else [message]
             )
-            self.queue.append(again)
+            self.delivered = [m for m in self.delivered if m not in back]
+            for m in {m.mid: m for m in back}.values():
+                self.queue.append(
+                    FakeMessage(
+                        m.payload,
+                        m.key,
+                        m.props,
+                        m.topic,
+                        m.redeliveries + (1 if self.count_redeliveries else 0),
+                        m.event_ts,
+                        m.mid,
+                    )
+                )
 
 
 class FakeBroker:
     """Sends succeed (or fail, per `fail_topics`) on a background thread, like the client."""
 
-    def __init__(self, sources: int = 1, *, count_redeliveries: bool = True) -> None:
-        self._sources = [FakeSource(count_redeliveries=count_redeliveries) for _ in range(sources)]
+    def __init__(
+        self, sources: int = 1, *, count_redeliveries: bool = True, whole_batches: bool = False
+    ) -> None:
+        self._sources = [
+            FakeSource(count_redeliveries=count_redeliveries, whole_batches=whole_batches)
+            for _ in range(sources)
+        ]
         self.sent: dict[str, list[OutMessage]] = collections.defaultdict(list)
         self.fail_topics: set[str] = set()
+        self.receive_limit = 1_000_000  # at most this many messages per receive
         self.flushed = 0
         self.closed = False
         self._lock = threading.Lock()
@@ -129,7 +151,9 @@ class FakeBroker:
     def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
         assert isinstance(source, FakeSource)
         with source.lock:
-            batch = [source.queue.popleft() for _ in range(min(max_messages, len(source.queue)))]
+            count = min(max_messages, self.receive_limit, len(source.queue))
+            batch = [source.queue.popleft() for _ in range(count)]
+            source.delivered.extend(batch)
         if not batch:
             time.sleep(min(timeout_ms, 5) / 1000)
         return batch

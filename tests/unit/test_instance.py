@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from fake_broker import FakeBroker, FakeMessage, wait_for
+from fake_broker import FakeBroker, FakeId, FakeMessage, wait_for
 
 from pulsarfunc import Context, current_context
 from pulsarfunc.runtime.config import (
@@ -317,3 +317,52 @@ def test_metrics_count_received_and_processed(guarantee: ProcessingGuarantee) ->
 )
 def test_effective_concurrency(fields: dict[str, Any], is_async: bool, expected: int) -> None:
     assert effective_concurrency(make_config(**fields), is_async) == expected
+
+
+def test_a_nacked_batch_comes_back_whole_but_only_the_failed_message_runs_again() -> None:
+    broker = FakeBroker(whole_batches=True)  # a broker without batch-index acks
+    broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(9, 1, i)) for i in range(5)))
+    calls: list[str] = []
+
+    def flaky(text: str) -> str:
+        calls.append(text)
+        if text == "m2" and calls.count("m2") == 1:
+            raise RuntimeError("once")
+        return text
+
+    with started(flaky, broker, redelivery_delay_ms=0) as inst:
+        wait_for(lambda: inst.metrics.snapshot().processed_successfully == 5)
+        wait_for(lambda: inst.metrics.snapshot().copies_skipped == 4)
+    assert sorted(calls) == ["m0", "m1", "m2", "m2", "m3", "m4"]
+    assert sorted(payloads(broker)) == [b"m0", b"m1", b"m2", b"m3", b"m4"]  # no duplicates
+    assert len(broker.sources[0].acked) == 5 + 4  # the four copies are acked on arrival
+
+
+def test_a_graceful_stop_finishes_the_producer_batches_it_began() -> None:
+    broker = FakeBroker(whole_batches=True)
+    broker.receive_limit = 4  # the first receive takes 4 of entry A's 6 messages
+    entry_a = [FakeMessage(f"a{i}".encode(), mid=FakeId(9, 1, i)) for i in range(6)]
+    entry_b = [FakeMessage(f"b{i}".encode(), mid=FakeId(9, 2, i)) for i in range(4)]
+    broker.feed(*entry_a, *entry_b)
+    stopping = threading.Event()
+    calls: list[str] = []
+
+    def waits_for_stop(text: str) -> str:
+        if not calls:
+            stopping.wait(5)  # the stop arrives while the first batch is in the handler
+        calls.append(text)
+        return text
+
+    instance = Instance(make_config(), inspect_handler(waits_for_stop), broker)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    wait_for(lambda: instance.metrics.snapshot().received >= 4)
+    instance.stop()
+    stopping.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    # All of entry A (so it is never redelivered whole), nothing of entry B.
+    assert calls == [f"a{i}" for i in range(6)]
+    assert sorted(m.payload for m in broker.sources[0].acked) == [
+        f"a{i}".encode() for i in range(6)
+    ]
