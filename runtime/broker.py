@@ -294,6 +294,12 @@ class PulsarBroker:
         except Exception as exc:
             callback(BrokerError(f"cannot send to {message.topic}: {exc}"))
 
+    def connected(self) -> bool:
+        try:
+            return all(source.native.is_connected() for source in self._sources)
+        except pulsar.PulsarException:
+            return False
+
     def flush(self) -> None:
         for producer in list(self._producers.values()):
             try:

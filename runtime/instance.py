@@ -265,8 +265,13 @@ class Instance:
 
     @property
     def ready(self) -> bool:
-        """Readiness: subscribed and consuming, and not stopping."""
-        return self._consuming.is_set() and not self._stopping.is_set() and self.alive
+        """Readiness: subscribed, connected and consuming, and not stopping."""
+        return (
+            self._consuming.is_set()
+            and not self._stopping.is_set()
+            and self.alive
+            and self.broker.connected()
+        )
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no message is in flight; False if the deadline passed first."""

@@ -91,6 +91,10 @@ class Broker(Protocol):
         """Wait until every queued message is sent."""
         ...
 
+    def connected(self) -> bool:
+        """Every consumer currently has a connection to its broker (readiness)."""
+        ...
+
     def close(self) -> None:
         """Close consumers, producers and the client."""
         ...

@@ -136,6 +136,7 @@ class FakeBroker:
         self.sent: dict[str, list[OutMessage]] = collections.defaultdict(list)
         self.fail_topics: set[str] = set()
         self.receive_limit = 1_000_000  # at most this many messages per receive
+        self.disconnected = False
         self.flushed = 0
         self.closed = False
         self._lock = threading.Lock()
@@ -171,6 +172,9 @@ class FakeBroker:
 
     def flush(self) -> None:
         self.flushed += 1
+
+    def connected(self) -> bool:
+        return not self.disconnected
 
     def close(self) -> None:
         self.closed = True

@@ -366,3 +366,15 @@ def test_a_graceful_stop_finishes_the_producer_batches_it_began() -> None:
     assert sorted(m.payload for m in broker.sources[0].acked) == [
         f"a{i}".encode() for i in range(6)
     ]
+
+
+def test_ready_only_while_connected() -> None:
+    broker = FakeBroker()
+    seen = []
+    with started(lambda data: data, broker) as inst:
+        wait_for(lambda: inst.ready)
+        for disconnected in (True, False):  # e.g. the broker restarts, then is back
+            broker.disconnected = disconnected
+            seen.append(inst.ready)
+    seen.append(inst.ready)  # stopped
+    assert seen == [False, True, False]
