@@ -33,14 +33,14 @@ from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.naming import (
     MAX_OUTPUTS_PER_INPUT,
-    dead_letter_topic,
     effectively_once_producer,
     output_sequence_id,
     strip_partition,
 )
-from pulsarfunc.runtime.redelivery import Redeliveries
+from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS, Settler
 from pulsarfunc.runtime.timeouts import with_timeout
 from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
+from pulsarfunc.runtime.work import Receipts, Work, entry_of
 
 _log = logging.getLogger("pulsarfunc.instance")
 
@@ -53,7 +53,6 @@ _RECEIPT_DEADLINE_S = 120.0  # longer than a broker restart takes
 
 _PLAIN = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
 Dispatch = Callable[[Source, Sequence[InMessage]], None]  # hands received messages on
-_ACKED_ON_SUCCESS = (ProcessingGuarantee.ATLEAST_ONCE, ProcessingGuarantee.EFFECTIVELY_ONCE)
 
 
 def _resolve(future: concurrent.futures.Future[None], error: Exception | None) -> None:
@@ -89,56 +88,6 @@ def effective_concurrency(config: FunctionConfig, is_async: bool) -> int:
     return DEFAULT_ASYNC_CONCURRENCY if is_async and shared else 1
 
 
-class _Batch:
-    """Send receipts of one batch (batch mode): callbacks append, the loop counts."""
-
-    __slots__ = ("done", "issued")
-
-    def __init__(self) -> None:
-        self.issued = 0
-        self.done: list[None] = []  # list.append is atomic: no lock on the callback path
-
-
-class _Work:
-    """One message's bookkeeping from receipt to ack/nack."""
-
-    __slots__ = (
-        "acked",
-        "batch",
-        "error",
-        "msg",
-        "outputs",
-        "pending",
-        "settled",
-        "source",
-        "started",
-    )
-
-    def __init__(
-        self, source: Source, msg: InMessage, batch: _Batch | None = None, started: float = 0.0
-    ) -> None:
-        self.source = source
-        self.msg = msg
-        self.batch = batch  # set in batch mode: settled after the batch's flush
-        self.pending = 1  # the handler itself; each tracked send adds one
-        self.error: BaseException | None = None
-        self.settled = False
-        self.acked = False
-        self.outputs = 0
-        self.started = started or time.perf_counter()
-
-
-def _entry(msg: InMessage) -> tuple[int, int, int]:
-    """The broker entry (one producer batch) a message came in."""
-    mid = msg.message_id()
-    return (mid.partition(), mid.ledger_id(), mid.entry_id())
-
-
-def _error_reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:1000]
-
-
 class Instance:
     """Runs one function instance until `stop()`; see the module docstring for the flow."""
 
@@ -157,6 +106,7 @@ class Instance:
         self.handler = with_timeout(handler, config.timeout_ms, self.concurrency)
         self.broker = broker
         self.metrics = metrics or Metrics()
+        self._settler = Settler(config, broker, self.metrics)
         self.env = FunctionEnv(
             config=config,
             services=self,
@@ -203,7 +153,6 @@ class Instance:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stopping = threading.Event()
-        self._redeliveries = Redeliveries()
         self._threads: list[threading.Thread] = []
         self._receivers: list[threading.Thread] = []
         self._loop_thread: threading.Thread | None = None
@@ -295,8 +244,8 @@ class Instance:
             _log.warning("receive failed, retrying: %s", exc)
             time.sleep(0.5)
             return ()
-        if batch and self._redeliveries.watching:
-            batch = self._drop_copies(source, batch)
+        if batch:
+            batch = self._settler.drop_copies(source, batch)
         if batch:
             self.metrics.note_received(len(batch))
             if self._guarantee is ProcessingGuarantee.ATMOST_ONCE:
@@ -304,27 +253,13 @@ class Instance:
                     source.ack(msg)
         return batch
 
-    def _drop_copies(self, source: Source, batch: Sequence[InMessage]) -> Sequence[InMessage]:
-        """Acknowledge copies of messages already settled here (a nacked message's batch comes
-        back whole unless the broker acks batch indexes); the rest go on to be processed."""
-        fresh: list[InMessage] = []
-        copies: list[InMessage] = []
-        for msg in batch:
-            (copies if self._redeliveries.is_copy(msg) else fresh).append(msg)
-        for msg in copies:
-            source.ack(msg)
-        if copies:
-            self.metrics.note_copies_skipped(len(copies))
-            _log.debug("acknowledged %d redelivered copies without processing", len(copies))
-        return fresh
-
     def _batch_loop(self, source: Source) -> None:
         """Process batch after batch; settle each one as soon as all its sends are persisted.
 
         Batches overlap: the next is processed while the previous one's sends are in flight,
         so the loop never idles for a broker round trip. Settling keeps batch order.
         """
-        pending: collections.deque[tuple[_Batch, list[_Work]]] = collections.deque()
+        pending: collections.deque[tuple[Receipts, list[Work]]] = collections.deque()
         # With one thread, batches are as large as the client has; with several, as large as
         # the handler's measured time per message allows within _BATCH_BUDGET_S (one at first).
         limit = _BATCH_MAX if self.concurrency == 1 else 1
@@ -338,10 +273,10 @@ class Instance:
                     per_message = (time.perf_counter() - began) / len(batch)
                     limit = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET_S / max(per_message, 1e-7))))
             while pending and len(pending[0][0].done) >= pending[0][0].issued:
-                self._settle_all(pending.popleft()[1])
+                self._settler.settle_all(pending.popleft()[1])
             if pending and (not batch or len(pending) > _BATCHES_IN_FLIGHT):
                 self._settle_pending(pending)  # idle, or too far ahead: wait for the oldest
-        if self.concurrency == 1 and self._guarantee in _ACKED_ON_SUCCESS:
+        if self.concurrency == 1 and self._guarantee in ACKED_ON_SUCCESS:
             self._finish_open_entries(source, last, pending)
         self._settle_pending(pending)
 
@@ -349,13 +284,13 @@ class Instance:
         self,
         source: Source,
         batch: Sequence[InMessage],
-        pending: collections.deque[tuple[_Batch, list[_Work]]],
+        pending: collections.deque[tuple[Receipts, list[Work]]],
     ) -> float:
         """Invoke the handler on every message of `batch`; returns when it began."""
-        receipts = _Batch()
+        receipts = Receipts()
         with self._serial:
             began = time.perf_counter()
-            works = [_Work(source, msg, receipts, began) for msg in batch]
+            works = [Work(source, msg, receipts, began) for msg in batch]
             for work in works:
                 self._invoke_sync(work)
         pending.append((receipts, works))
@@ -365,7 +300,7 @@ class Instance:
         self,
         source: Source,
         last: Sequence[InMessage],
-        pending: collections.deque[tuple[_Batch, list[_Work]]],
+        pending: collections.deque[tuple[Receipts, list[Work]]],
     ) -> None:
         """On stop, also process the rest of the producer batches already begun.
 
@@ -374,17 +309,17 @@ class Instance:
         remaining messages are in the client's queue already (a batch arrives in one piece);
         anything else received here stays unacknowledged and goes to the next consumer.
         """
-        open_entries = {_entry(msg) for msg in last if msg.message_id().batch_index() >= 0}
+        open_entries = {entry_of(msg) for msg in last if msg.message_id().batch_index() >= 0}
         while open_entries:
             more = self.broker.receive(source, _BATCH_MAX, 0)
-            rest = [msg for msg in more if _entry(msg) in open_entries]
+            rest = [msg for msg in more if entry_of(msg) in open_entries]
             if not rest:
                 return
             self.metrics.note_received(len(rest))
             self._run_batch(source, rest, pending)
-            open_entries = {_entry(msg) for msg in rest}
+            open_entries = {entry_of(msg) for msg in rest}
 
-    def _settle_pending(self, pending: collections.deque[tuple[_Batch, list[_Work]]]) -> None:
+    def _settle_pending(self, pending: collections.deque[tuple[Receipts, list[Work]]]) -> None:
         """Flush, then settle every pending batch in order."""
         if not pending:
             return
@@ -392,34 +327,9 @@ class Instance:
         while pending:
             receipts, works = pending.popleft()
             self._await_receipts(receipts, works)
-            self._settle_all(works)
+            self._settler.settle_all(works)
 
-    def _settle_all(self, works: list[_Work]) -> None:
-        """Settle a batch: successes acked in one pass and counted in one metrics update."""
-        if self._redeliveries.failing or self._guarantee not in _ACKED_ON_SUCCESS:
-            for work in works:
-                self._settle(work)
-            return
-        now = time.perf_counter()
-        succeeded = 0
-        total_s = 0.0
-        for work in works:
-            if work.error is not None:
-                self._settle(work)
-                continue
-            work.settled = True
-            try:
-                work.source.ack(work.msg)
-            except Exception:
-                _log.exception("cannot acknowledge message %s", work.msg.message_id())
-                continue
-            succeeded += 1
-            total_s += now - work.started
-        self._redeliveries.settled(w.msg for w in works if w.error is None)
-        if succeeded:
-            self.metrics.note_processed_many(succeeded, total_s * 1000.0)
-
-    def _await_receipts(self, receipts: _Batch, works: list[_Work]) -> None:
+    def _await_receipts(self, receipts: Receipts, works: list[Work]) -> None:
         """After a flush every receipt is in, or the broker is away: wait, but not forever.
 
         Sends never time out (a broker restart only delays them), so a batch whose receipts
@@ -433,7 +343,7 @@ class Instance:
                     f"{_RECEIPT_DEADLINE_S:.0f} s"
                 )
                 for work in works:
-                    self._fail(work, error, user=False)
+                    self._settler.fail(work, error, user=False)
                 return
             time.sleep(0.0005)
 
@@ -497,7 +407,7 @@ class Instance:
             loop.call_soon_threadsafe(loop.stop)
 
     # -- processing ------------------------------------------------------------------------
-    def _decode(self, work: _Work) -> tuple[Context, Any]:
+    def _decode(self, work: Work) -> tuple[Context, Any]:
         codec = self.handler.input_codec
         if self._input_serdes:
             codec = self._input_serdes.get(strip_partition(work.msg.topic_name()), codec)
@@ -509,11 +419,11 @@ class Instance:
             self._process_sync(source, msg)
 
     def _process_sync(self, source: Source, msg: InMessage) -> None:
-        work = _Work(source, msg)
+        work = Work(source, msg)
         self._invoke_sync(work)
         self._release(work)
 
-    def _invoke_sync(self, work: _Work) -> None:
+    def _invoke_sync(self, work: Work) -> None:
         """Call the sync handler on one message and send its outputs; failures are recorded."""
         try:
             ctx, value = self._decode(work)
@@ -531,7 +441,7 @@ class Instance:
             finally:
                 ctxmod.unbind(token)
         except Exception as exc:
-            self._fail(work, exc)
+            self._settler.fail(work, exc)
 
     def _start_event_loop(self) -> Dispatch:
         loop = asyncio.new_event_loop()
@@ -560,7 +470,7 @@ class Instance:
             self._spawn(source, msg)
 
     def _spawn(self, source: Source, msg: InMessage) -> None:
-        work = _Work(source, msg)
+        work = Work(source, msg)
         key = msg.partition_key() if self._keyed else ""
         previous = self._key_tails.get(key) if key else None
         task = asyncio.ensure_future(self._process_async(work, previous))
@@ -573,7 +483,7 @@ class Instance:
 
             task.add_done_callback(forget)
 
-    async def _process_async(self, work: _Work, previous: asyncio.Future[None] | None) -> None:
+    async def _process_async(self, work: Work, previous: asyncio.Future[None] | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # same key: strictly one after the other
         assert self._async_sem is not None
@@ -593,7 +503,7 @@ class Instance:
                 finally:
                     ctxmod.unbind(token)
             except Exception as exc:
-                self._fail(work, exc)
+                self._settler.fail(work, exc)
         self._release(work)
 
     async def _drain_async(self) -> None:
@@ -602,7 +512,7 @@ class Instance:
             await asyncio.wait(pending)
 
     # -- outputs -----------------------------------------------------------------------------
-    def _emit(self, work: _Work, value: Any) -> None:
+    def _emit(self, work: Work, value: Any) -> None:
         """Encode one output and send it to the output topic (if there is one)."""
         if value is None or not self._output_topic:
             return
@@ -634,7 +544,7 @@ class Instance:
 
     def _send(
         self,
-        work: _Work | None,
+        work: Work | None,
         out: OutMessage,
         future: concurrent.futures.Future[None] | None = None,
     ) -> None:
@@ -650,7 +560,7 @@ class Instance:
 
             def receipt(error: Exception | None) -> None:
                 if error is not None and self._track_sends:
-                    self._fail(owner, error, user=False)
+                    self._settler.fail(owner, error, user=False)
                 if future is not None:
                     _resolve(future, error)
                 receipts.done.append(None)
@@ -665,12 +575,12 @@ class Instance:
             if tracked:
                 assert work is not None
                 if error is not None:
-                    self._fail(work, error, user=False)
+                    self._settler.fail(work, error, user=False)
                 self._release(work)
 
         self.broker.send(out, done)
 
-    def _hold(self, work: _Work) -> bool:
+    def _hold(self, work: Work) -> bool:
         with self._lock:
             if work.settled:
                 return False
@@ -687,115 +597,29 @@ class Instance:
         properties: Mapping[str, str] | None,
         event_timestamp: int | None,
     ) -> concurrent.futures.Future[None]:
-        work = owner if isinstance(owner, _Work) else None
+        work = owner if isinstance(owner, Work) else None
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._send(work, OutMessage(topic, payload, key, properties, event_timestamp), future)
         return future
 
     def ack(self, owner: Any) -> None:
-        if isinstance(owner, _Work) and not owner.acked:
+        if isinstance(owner, Work) and not owner.acked:
             owner.acked = True
             owner.source.ack(owner.msg)
 
     def record_metric(self, name: str, value: float) -> None:
         self.metrics.record(name, value)
 
-    # -- settling ----------------------------------------------------------------------------
-    def _fail(self, work: _Work, error: BaseException, *, user: bool | None = None) -> None:
-        if user is None:
-            user = not isinstance(error, PayloadError)
-        if user:
-            self.metrics.note_user_exception()
-        else:
-            self.metrics.note_system_exception()
-        with self._lock:
-            if work.error is None:
-                work.error = error
-        _log.warning(
-            "message %s from %s failed: %s",
-            work.msg.message_id(),
-            work.msg.topic_name(),
-            _error_reason(error),
-            exc_info=error if self.config.debug else None,
-        )
-
-    def _release(self, work: _Work) -> None:
+    # -- settling (the policy is in settle.py) ----------------------------------------------
+    def _release(self, work: Work) -> None:
         """One part of the work (the handler or one send) is done; settle when all are."""
         with self._lock:
             work.pending -= 1
             if work.pending or work.settled:
                 return
             work.settled = True
-        self._settle(work)
+        self._settler.settle(work)
         self._finished()
-
-    def _settle(self, work: _Work) -> None:
-        """Ack, nack or dead-letter a message whose handler and sends are all done."""
-        work.settled = True
-        try:
-            if work.error is None:
-                self._succeed(work)
-            else:
-                self._settle_failure(work, work.error)
-        except Exception:
-            _log.exception("cannot settle message %s", work.msg.message_id())
-
-    def _succeed(self, work: _Work) -> None:
-        self.metrics.note_processed((time.perf_counter() - work.started) * 1000.0)
-        if self._guarantee in _ACKED_ON_SUCCESS:
-            work.source.ack(work.msg)
-            self._redeliveries.settled((work.msg,))
-
-    def _settle_failure(self, work: _Work, error: BaseException) -> None:
-        if self._guarantee is ProcessingGuarantee.ATMOST_ONCE or work.acked:
-            # Already acknowledged: no retry. Keep the message if a dead-letter topic is set.
-            if self.config.dead_letter_topic:
-                self._dead_letter(work, error, 1, ack=False)
-            return
-        if self._redeliveries.is_dead_lettered(work.msg):
-            work.source.ack(work.msg)  # a copy redelivered with its batch: already handled
-            return
-        attempts = self._redeliveries.attempt(work.msg)
-        limit = self.config.max_message_retries
-        if limit is None or attempts <= limit:
-            work.source.nack(work.msg)
-            return
-        self._dead_letter(work, error, attempts, ack=True)
-
-    def _dead_letter(self, work: _Work, error: BaseException, attempts: int, *, ack: bool) -> None:
-        msg = work.msg
-        if ack:
-            self._redeliveries.dead_lettered(msg)
-        topic = self.config.dead_letter_topic or dead_letter_topic(
-            msg.topic_name(), self.config.subscription_name
-        )
-        msg_id = str(msg.message_id())
-        props = {
-            **msg.properties(),
-            "REAL_TOPIC": msg.topic_name(),
-            "ORIGIN_MESSAGE_ID": msg_id,
-            "pulsarfunc.error.type": type(error).__name__,
-            "pulsarfunc.error.message": str(error)[:2000],
-            "pulsarfunc.attempts": str(attempts),
-            "pulsarfunc.function": self.config.fqfn,
-        }
-        out = OutMessage(topic, msg.data(), msg.partition_key() or None, props)
-
-        def done(send_error: Exception | None) -> None:
-            if send_error is None:
-                self.metrics.note_dead_lettered()
-                if ack:
-                    work.source.ack(msg)
-                _log.warning(
-                    "message %s dead-lettered to %s after %d attempts", msg_id, topic, attempts
-                )
-            else:
-                _log.error("dead-letter send to %s failed: %s", topic, send_error)
-                if ack:
-                    self._redeliveries.dead_lettered(msg, done=False)
-                    work.source.nack(msg)  # try again on redelivery
-
-        self.broker.send(out, done)
 
     def _finished(self) -> None:
         with self._idle:
