@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import signal
 import tarfile
 import threading
@@ -22,6 +21,8 @@ from typing import Any
 
 import docker
 import pytest
+from images import built
+from images import image_tags as make_image_tags
 from pulsar_helpers import (
     PulsarBroker,
     produce,
@@ -32,31 +33,19 @@ from pulsar_helpers import (
 from secure_broker import SecureBroker, start
 from test_localrun import localrun
 
-from pulsarfunc.builder.commands import build_main
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXCLAIM = str(EXAMPLES / "exclaim" / "handler.py")
 FAIL_WITHIN_S = 60  # a refused start must end by itself, not hang
 
 
 def build(function: Path, tag: str) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    code = build_main([str(function), "-t", tag, "--json"], env=dict(os.environ), out=out, err=err)
-    assert code == 0, err.getvalue()
+    built([str(function), "-t", tag])
 
 
 @pytest.fixture(scope="module")
 def image_tags(docker_client: docker.DockerClient) -> Iterator[Callable[[str], str]]:
-    tags: list[str] = []
-
-    def make(name: str) -> str:
-        tags.append(f"pulsarfunc-test/{name}:{uuid.uuid4().hex[:8]}")
-        return tags[-1]
-
-    yield make
-    for tag in tags:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(tag, force=True, noprune=True)
+    with make_image_tags(docker_client) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
