@@ -158,6 +158,15 @@ class FunctionCollector(Collector):
         )
         last.add_metric(labels, float(now.last_invocation_ms))
         yield last
+        for kind, texts in (("user", now.user_errors), ("system", now.system_errors)):
+            gauge = GaugeMetricFamily(
+                f"{PREFIX}{kind}_exception",
+                f"Exception from {kind} code.",  # Pulsar's help text
+                labels=[*LABEL_NAMES, "error"],
+            )
+            for text in texts:
+                gauge.add_metric([*labels, text], 1.0)
+            yield gauge
         yield _summary(
             "user_metric",
             "Pulsar Function user defined metric",

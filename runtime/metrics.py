@@ -7,9 +7,16 @@ from the client's callback thread.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# Pulsar's Python instance reports an exception's text as a gauge label at most 5 times a
+# minute; the distinct texts kept are bounded too, so the label's cardinality is.
+ERRORS_PER_MINUTE = 5
+ERRORS_KEPT = 50
 
 
 @dataclass
@@ -37,14 +44,42 @@ class Snapshot:
     process_latency_ms: Summary = field(default_factory=Summary)
     last_invocation_ms: int = 0
     user_metrics: dict[str, Summary] = field(default_factory=dict)
+    user_errors: tuple[str, ...] = ()  # recent exception texts (the `error` gauge label)
+    system_errors: tuple[str, ...] = ()
+
+
+class _RecentErrors:
+    """Exception texts, rate-limited per minute and bounded, newest last."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._times: collections.deque[float] = collections.deque()
+        self._texts: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def add(self, text: str) -> None:
+        now = self._clock()
+        while self._times and now - self._times[0] >= 60.0:
+            self._times.popleft()
+        if len(self._times) >= ERRORS_PER_MINUTE:
+            return
+        self._times.append(now)
+        self._texts[text] = None
+        self._texts.move_to_end(text)
+        if len(self._texts) > ERRORS_KEPT:
+            self._texts.popitem(last=False)
+
+    def texts(self) -> tuple[str, ...]:
+        return tuple(self._texts)
 
 
 class Metrics:
     """Thread-safe counters for one instance."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._s = Snapshot()
+        self._user_errors = _RecentErrors(clock)
+        self._system_errors = _RecentErrors(clock)
 
     def note_received(self, count: int = 1) -> None:
         with self._lock:
@@ -63,13 +98,17 @@ class Metrics:
             self._s.process_latency_ms.count += count
             self._s.process_latency_ms.total += total_latency_ms
 
-    def note_user_exception(self) -> None:
+    def note_user_exception(self, error: str | None = None) -> None:
         with self._lock:
             self._s.user_exceptions += 1
+            if error is not None:
+                self._user_errors.add(error)
 
-    def note_system_exception(self) -> None:
+    def note_system_exception(self, error: str | None = None) -> None:
         with self._lock:
             self._s.system_exceptions += 1
+            if error is not None:
+                self._system_errors.add(error)
 
     def note_dead_lettered(self) -> None:
         with self._lock:
@@ -96,4 +135,6 @@ class Metrics:
                 Summary(s.process_latency_ms.count, s.process_latency_ms.total),
                 s.last_invocation_ms,
                 {k: Summary(v.count, v.total) for k, v in s.user_metrics.items()},
+                self._user_errors.texts(),
+                self._system_errors.texts(),
             )

@@ -24,6 +24,7 @@ from pulsarfunc.runtime.work import Work, error_reason
 
 _log = logging.getLogger("pulsarfunc.instance")
 
+_ERROR_LABEL_MAX = 200  # characters of an exception's text kept as a metric label
 ACKED_ON_SUCCESS = (ProcessingGuarantee.ATLEAST_ONCE, ProcessingGuarantee.EFFECTIVELY_ONCE)
 
 
@@ -59,10 +60,11 @@ class Settler:
         """Record that `work` failed (the first error counts); it is settled later."""
         if user is None:
             user = not isinstance(error, PayloadError)
+        text = str(error)[:_ERROR_LABEL_MAX]
         if user:
-            self.metrics.note_user_exception()
+            self.metrics.note_user_exception(text)
         else:
-            self.metrics.note_system_exception()
+            self.metrics.note_system_exception(text)
         with self._lock:
             if work.error is None:
                 work.error = error

@@ -112,6 +112,8 @@ def test_metrics_of_a_running_instance_have_pulsars_names_labels_and_values(
     assert only(samples, "pulsar_function_processed_successfully_total") == len(good)
     assert only(samples, "pulsar_function_user_exceptions_total") == 2
     assert only(samples, "pulsar_function_system_exceptions_total") == 0
+    for bad in ("bad-1", "bad-2"):  # Pulsar's per-error gauge, the exception text as label
+        assert only(samples, "pulsar_function_user_exception", error=f"refusing {bad}") == 1.0
     assert only(samples, "pulsar_function_received_1min_total") == len(payloads)
     assert only(samples, "pulsar_function_process_latency_ms_count") == len(good)
     assert only(samples, "pulsar_function_process_latency_ms_sum") > 0

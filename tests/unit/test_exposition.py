@@ -281,3 +281,31 @@ def test_instance_is_not_alive_when_a_receiver_thread_died(monkeypatch: pytest.M
     assert not instance.ready
     instance.stop()
     thread.join(10)
+
+
+def test_exception_gauges_carry_the_text_at_most_five_times_a_minute() -> None:
+    now = [1000.0]
+    metrics = Metrics(clock=lambda: now[0])
+    for i in range(7):
+        metrics.note_user_exception(f"bad input {i}")
+    metrics.note_system_exception("broker away")
+    samples = scrape(metrics)
+    user = {labels["error"] for labels, _, _ in samples["pulsar_function_user_exception"]}
+    assert user == {f"bad input {i}" for i in range(5)}  # Pulsar's limit: 5 per 60 s
+    assert value(samples, "pulsar_function_system_exception", error="broker away") == 1.0
+    assert value(samples, "pulsar_function_user_exceptions_total") == 7  # the counter counts all
+    now[0] += 60.0
+    metrics.note_user_exception("bad input 7")
+    user = {labels["error"] for labels, _, _ in scrape(metrics)["pulsar_function_user_exception"]}
+    assert "bad input 7" in user
+
+
+def test_exception_texts_kept_are_bounded() -> None:
+    now = [0.0]
+    metrics = Metrics(clock=lambda: now[0])
+    for i in range(200):
+        now[0] += 60.0  # a new minute each time: never rate-limited
+        metrics.note_user_exception(f"error {i}")
+    texts = metrics.snapshot().user_errors
+    assert len(texts) == 50
+    assert texts[-1] == "error 199"
