@@ -9,12 +9,10 @@ serves again.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +20,9 @@ from typing import Any
 import docker
 import pytest
 from docker.models.containers import Container
+from images import built, image_tags
 from pulsar_helpers import PulsarBroker, Received, Subscription, produce, subscribe_first
 from pulsar_helpers import unique_topic as topic_named
-
-from pulsarfunc.builder.commands import build_main
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -84,13 +81,10 @@ def image(
     """The fault-test function, built once for the module with `pulsarfunc build`."""
     function = tmp_path_factory.mktemp("faultfn")
     (function / "handler.py").write_text(HANDLER)
-    tag = f"pulsarfunc-test/faults:{uuid.uuid4().hex[:8]}"
-    out, err = io.StringIO(), io.StringIO()
-    code = build_main([str(function), "-t", tag, "--json"], env=dict(os.environ), out=out, err=err)
-    assert code == 0, err.getvalue()
-    yield tag
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        docker_client.images.remove(tag, force=True, noprune=True)
+    with image_tags(docker_client) as make:
+        tag = make("faults")
+        built([str(function), "-t", tag])
+        yield tag
 
 
 @pytest.fixture

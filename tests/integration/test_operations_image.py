@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import json
-import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import docker
 import pytest
 from docker.models.containers import Container
+from images import built, image_tags
 from pulsar_helpers import PulsarBroker, produce, subscribe_first, unique_topic
 from test_operations import only, pulsar_labels, scrape  # the same checks as in-process
-
-from pulsarfunc.builder.commands import build_main
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -39,16 +34,13 @@ def image(
     docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The handler above, built by `pulsarfunc build` (removed afterwards)."""
-    source = tmp_path_factory.mktemp("opsfn")
-    (source / "handler.py").write_text(HANDLER)
-    tag = f"pulsarfunc-test/ops:{uuid.uuid4().hex[:8]}"
-    out, err = io.StringIO(), io.StringIO()
-    code = build_main([str(source), "-t", tag, "--json"], env=dict(os.environ), out=out, err=err)
-    assert code == 0, err.getvalue()
-    assert json.loads(out.getvalue())["tag"] == tag
-    yield tag
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        docker_client.images.remove(tag, force=True, noprune=True)
+    function = tmp_path_factory.mktemp("opsfn")
+    (function / "handler.py").write_text(HANDLER)
+    with image_tags(docker_client) as make:
+        tag = make("ops")
+        summary = built([str(function), "-t", tag])
+        assert summary["tag"] == tag
+        yield tag
 
 
 def wait_until(predicate: object, what: str, timeout_s: float = 90.0) -> None:
