@@ -8,10 +8,11 @@ Producers are created lazily, one per (topic, producer name), with sends that ne
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import _pulsar
@@ -24,7 +25,13 @@ from pulsarfunc.runtime.config import (
     SubscriptionType,
 )
 from pulsarfunc.runtime.errors import BrokerError, ConfigError
-from pulsarfunc.runtime.transport import InMessage, OutMessage, SendCallback, Source
+from pulsarfunc.runtime.transport import (
+    BatchCallback,
+    InMessage,
+    OutMessage,
+    SendCallback,
+    Source,
+)
 
 _log = logging.getLogger("pulsarfunc.broker")
 
@@ -41,6 +48,8 @@ _COMPRESSION = {
     CompressionType.ZSTD: pulsar.CompressionType.ZSTD,
     CompressionType.SNAPPY: pulsar.CompressionType.SNAPPY,
 }
+_OK = pulsar.Result.Ok
+_UNTRACKED_MAX_BYTES = 64 * 1024  # larger messages get a receipt each in send_batch
 _RECEIVE_TIMEOUT_MS = 100  # how long a receive waits before the loop checks for shutdown
 
 
@@ -73,6 +82,11 @@ class _Consumer:
 
     def ack(self, message: InMessage) -> None:
         self.native.acknowledge(message)
+
+    def ack_all(self, messages: Sequence[InMessage]) -> None:
+        ack = self.native.acknowledge
+        for message in messages:
+            ack(message)
 
     def nack(self, message: InMessage) -> None:
         self.native.negative_acknowledge(message)
@@ -164,12 +178,74 @@ def _subscribe_error(config: FunctionConfig, exc: Exception) -> BrokerError:
     return BrokerError(problem, hint)
 
 
+def _size(message: OutMessage) -> int:
+    """Payload and property bytes: roughly what a broker's maxMessageSize counts."""
+    props = message.properties or {}
+    return len(message.payload) + sum(len(k) + len(v) for k, v in props.items())
+
+
+class _BatchReceipt:
+    """The one callback of a `send_batch`, once its tracked sends are all in.
+
+    Tracked: the last message (its failure stands for every message of the batch) and large
+    ones (each for itself). Receipts arrive on the client's IO thread; refusals at the call on
+    the sender's.
+    """
+
+    def __init__(self, topic: str, size: int, callback: BatchCallback) -> None:
+        self._topic = topic
+        self._size = size
+        self._callback = callback
+        self._errors: dict[int, Exception] = {}
+        self._left = 1  # the tail; `tracking` adds the others
+        self._lock = threading.Lock()
+
+    def tracking(self, count: int) -> None:
+        with self._lock:
+            self._left += count
+
+    def refused(self, positions: Iterable[int], exc: Exception) -> None:
+        """These were not accepted at the call: failed, and no receipt will come for them."""
+        error = BrokerError(f"cannot send to {self._topic}: {exc}")
+        with self._lock:
+            for position in positions:
+                self._errors.setdefault(position, error)
+
+    def one(self, position: int, result: Any, _msg_id: Any) -> None:
+        self._record(result, (position,))
+
+    def tail(self, result: Any, _msg_id: Any) -> None:
+        self._record(result, range(self._size))
+
+    def _record(self, result: Any, positions: Iterable[int]) -> None:
+        try:
+            with self._lock:
+                if result != _OK:
+                    error = (
+                        result
+                        if isinstance(result, Exception)
+                        else BrokerError(f"send to {self._topic} failed: {result}")
+                    )
+                    for position in positions:
+                        self._errors.setdefault(position, error)
+                self._left -= 1
+                finished = self._left == 0
+            if finished:
+                self._finish()
+        except Exception:  # pragma: no cover - never raise into the client
+            _log.exception("send receipt failed")
+
+    def _finish(self) -> None:
+        self._callback(self._errors)
+
+
 class PulsarBroker:
     """A connected client with the function's consumers; producers on first use."""
 
     def __init__(self, config: FunctionConfig) -> None:
         self._config = config
         self._producers: dict[tuple[str, str | None], Any] = {}
+        self._natives: dict[tuple[str, str | None], Any] = {}  # what send uses: no wrapper
         self._producers_lock = threading.Lock()
         self._push_wanted = threading.Event()
         self._closing = False
@@ -238,13 +314,11 @@ class PulsarBroker:
             self.flush()
 
     def _producer(self, topic: str, name: str | None) -> Any:
+        """The client's native producer for (topic, name), created on first use."""
         key = (topic, name)
-        producer = self._producers.get(key)
-        if producer is not None:
-            return producer
         with self._producers_lock:
-            producer = self._producers.get(key)
-            if producer is None:
+            native = self._natives.get(key)
+            if native is None:
                 settings = self._config.producer
                 producer = self._client.create_producer(
                     topic,
@@ -264,13 +338,14 @@ class PulsarBroker:
                     properties={"fqfn": self._config.fqfn},
                 )
                 self._producers[key] = producer
-        return producer
+                native = self._natives[key] = getattr(producer, "_producer", producer)
+        return native
 
     def send(self, message: OutMessage, callback: SendCallback) -> None:
         def done(result: Any, _msg_id: Any) -> None:
             # An exception escaping a pulsar-client callback kills the process: never raise.
             try:
-                if result == pulsar.Result.Ok:
+                if result == _OK:
                     callback(None)
                 else:
                     callback(BrokerError(f"send to {message.topic} failed: {result}"))
@@ -278,21 +353,71 @@ class PulsarBroker:
                 _log.exception("send callback failed")
 
         try:
-            producer = self._producer(message.topic, message.producer_name)
-            builder = _pulsar.MessageBuilder()
-            builder.content(message.payload)
-            if message.properties:
-                for name, value in message.properties.items():
-                    builder.property(name, value)
-            if message.key:
-                builder.partition_key(message.key)
-            if message.sequence_id is not None:
-                builder.sequence_id(message.sequence_id)
-            if message.event_timestamp:
-                builder.event_timestamp(message.event_timestamp)
-            getattr(producer, "_producer", producer).send_async(builder.build(), done)
+            self._send_native(self._native_producer(message), message, done)
         except Exception as exc:
             callback(BrokerError(f"cannot send to {message.topic}: {exc}"))
+
+    def send_batch(self, messages: Sequence[OutMessage], callback: BatchCallback) -> None:
+        """See `Broker.send_batch`. Large messages (over _UNTRACKED_MAX_BYTES) get receipts of
+        their own: a broker's maxMessageSize refuses them at the call, which only a receipt
+        reports."""
+        if not messages:
+            callback({})
+            return
+        receipt = _BatchReceipt(messages[0].topic, len(messages), callback)
+        try:
+            producer = self._native_producer(messages[0])
+        except Exception as exc:
+            receipt.refused(range(len(messages)), exc)
+            return
+        send = self._send_native
+        sized = self._config.forward_source_message_property
+        tail = len(messages) - 1
+        for position, message in enumerate(messages):
+            large = len(message.payload) > _UNTRACKED_MAX_BYTES or (
+                sized and _size(message) > _UNTRACKED_MAX_BYTES
+            )
+            try:
+                if position == tail:
+                    send(producer, message, receipt.tail)
+                elif large:
+                    receipt.tracking(1)
+                    send(producer, message, functools.partial(receipt.one, position))
+                else:
+                    send(producer, message, None)
+            except Exception as exc:
+                receipt.refused((position,), exc)
+                if position == tail:  # no receipt covers the ones before: wait for them
+                    receipt.tail(self._flushed(producer), None)
+
+    def _flushed(self, producer: Any) -> Any:
+        """Ok once every pending send of `producer` is persisted, else the error."""
+        try:
+            producer.flush()
+        except Exception as exc:
+            return BrokerError(f"flush failed: {exc}")
+        return _OK
+
+    @staticmethod
+    def _send_native(producer: Any, message: OutMessage, done: Any) -> None:
+        builder = _pulsar.MessageBuilder()
+        builder.content(message.payload)
+        if message.properties:
+            for name, value in message.properties.items():
+                builder.property(name, value)
+        if message.key:
+            builder.partition_key(message.key)
+        if message.sequence_id is not None:
+            builder.sequence_id(message.sequence_id)
+        if message.event_timestamp:
+            builder.event_timestamp(message.event_timestamp)
+        producer.send_async(builder.build(), done)
+
+    def _native_producer(self, message: OutMessage) -> Any:
+        producer = self._natives.get((message.topic, message.producer_name))
+        if producer is None:
+            producer = self._producer(message.topic, message.producer_name)
+        return producer
 
     def connected(self) -> bool:
         try:

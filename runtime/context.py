@@ -57,18 +57,48 @@ class FunctionEnv:
     secrets: SecretsProvider
 
 
-_current: ContextVar[Context | None] = ContextVar("pulsarfunc_context", default=None)
+class Cursor:
+    """Where a batch-mode thread is: its current message, with a Context made on first use.
+
+    Bound once per thread instead of a Context per message, so a handler that takes no
+    Context pays nothing for one; `current_context()` still returns the message's Context.
+    The loop sets `owner_of` (index -> the message's owner, a Work) per group and then, per
+    message, `index` and `ctx = None`.
+    """
+
+    __slots__ = ("ctx", "env", "index", "owner_of")
+
+    def __init__(self, env: FunctionEnv) -> None:
+        self.env = env
+        self.owner_of: Any = None  # None: not inside a group
+        self.index = 0
+        self.ctx: Context | None = None
+
+    def context(self) -> Context:
+        if self.ctx is None:
+            if self.owner_of is None:
+                raise _outside()
+            owner = self.owner_of(self.index)
+            self.ctx = Context(self.env, owner.msg, owner)
+        return self.ctx
+
+
+_current: ContextVar[Context | Cursor | None] = ContextVar("pulsarfunc_context", default=None)
+
+
+def _outside() -> PulsarFuncError:
+    return PulsarFuncError(
+        "current_context() was called outside a function invocation",
+        "call it from the handler or from code the handler calls",
+    )
 
 
 def current_context() -> Context:
     """The Context of the message being processed in this call chain."""
     ctx = _current.get()
     if ctx is None:
-        raise PulsarFuncError(
-            "current_context() was called outside a function invocation",
-            "call it from the handler or from code the handler calls",
-        )
-    return ctx
+        raise _outside()
+    return ctx if isinstance(ctx, Context) else ctx.context()
 
 
 class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no type hints
@@ -301,7 +331,7 @@ def input_properties(message: InMessage) -> dict[str, str]:
     return {"__pfn_input_topic__": message.topic_name(), "__pfn_input_msg_id__": msg_id}
 
 
-def bind(ctx: Context) -> Any:
+def bind(ctx: Context | Cursor) -> Any:
     """Make `ctx` the current context; returns the token to `unbind` it."""
     return _current.set(ctx)
 

@@ -21,6 +21,7 @@ Both Pulsar forms decode and encode with Pulsar's default serde (IdentitySerDe),
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import functools
@@ -97,6 +98,13 @@ class Handler:
             return self.target(value, context)
         return self.target(value)
 
+    def plain_call(self) -> Callable[[Any], Any] | None:
+        """The target itself when it takes its input alone and `call` would add nothing: the
+        cheapest call, with no Context at all. None otherwise."""
+        if self.form is Form.FUNCTION and self.takes_input and not self.takes_context:
+            return self.target
+        return None
+
     def describe(self) -> str:
         """One line for `pulsarfunc check` and start-up logs."""
         kind = (
@@ -111,6 +119,20 @@ class Handler:
         inp = self.input_codec.name if self.takes_input else "none"
         out = self.output_codec.name
         return f"{kind} {self.form.value} {self.signature}: input {inp}, output {out}"
+
+
+_PLAIN = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def sync_result(result: Any) -> Any:
+    """A sync handler's result; a coroutine (a sync wrapper around async code) is run first."""
+    if type(result) not in _PLAIN and inspect.isawaitable(result):
+        return asyncio.run(_awaited(result))
+    return result
 
 
 def is_pulsar_function_class(cls: type) -> bool:

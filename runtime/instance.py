@@ -13,10 +13,8 @@ for a broker round trip. The broker is passed in, so unit tests drive this with 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import functools
-import inspect
 import logging
 import queue
 import threading
@@ -25,33 +23,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pulsarfunc.runtime import context as ctxmod
-from pulsarfunc.runtime.codec import pulsar_serde
+from pulsarfunc.runtime.batch import BATCH_MAX, BatchRunner
+from pulsarfunc.runtime.codec import RawCodec, pulsar_serde
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee, SubscriptionType
 from pulsarfunc.runtime.context import Context, FunctionEnv, SecretsProvider
-from pulsarfunc.runtime.errors import BrokerError, PayloadError
-from pulsarfunc.runtime.handler import Handler
+from pulsarfunc.runtime.handler import Handler, sync_result
 from pulsarfunc.runtime.metrics import Metrics
-from pulsarfunc.runtime.naming import (
-    MAX_OUTPUTS_PER_INPUT,
-    effectively_once_producer,
-    output_sequence_id,
-    strip_partition,
-)
-from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS, Settler
+from pulsarfunc.runtime.naming import strip_partition
+from pulsarfunc.runtime.outputs import Outputs
+from pulsarfunc.runtime.settle import Settler
 from pulsarfunc.runtime.timeouts import with_timeout
 from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
-from pulsarfunc.runtime.work import Receipts, Work, entry_of
+from pulsarfunc.runtime.work import Work
 
 _log = logging.getLogger("pulsarfunc.instance")
 
 _RECEIVE_TIMEOUT_MS = 100
-_BATCH_MAX = 1000  # messages taken from the client per receive
-_BATCHES_IN_FLIGHT = 4  # batch mode: processed batches whose sends may still be pending
-_BATCH_BUDGET_S = 0.005  # batch mode with concurrency: handler time one thread takes per batch
-_RECEIPT_DEADLINE_S = 120.0  # longer than a broker restart takes
 
 
-_PLAIN = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
 Dispatch = Callable[[Source, Sequence[InMessage]], None]  # hands received messages on
 
 
@@ -60,10 +49,6 @@ def _resolve(future: concurrent.futures.Future[None], error: Exception | None) -
         future.set_result(None)
     else:
         future.set_exception(error)
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
 
 
 DEFAULT_ASYNC_CONCURRENCY = 16  # chosen by bench/runtime_bench.py: free for trivial handlers
@@ -121,10 +106,16 @@ class Instance:
             for spec in config.inputs
             if spec.serde_class_name and not spec.is_regex
         }
-        self._output_codec = (
+        output_codec = (
             pulsar_serde(config.output_serde_class_name)
             if config.output_serde_class_name
             else handler.output_codec
+        )
+        self._outputs = Outputs(config, output_codec)
+        self._input_codec = handler.input_codec
+        # bytes in as bytes: the client's data() is a fresh bytes object already
+        self._raw_input = (
+            isinstance(self._input_codec, RawCodec) and self._input_codec.name == "bytes"
         )
         self._track_sends = self._guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._ordered = (
@@ -168,8 +159,20 @@ class Instance:
     ) -> None:
         """Process until `stop()`, then drain what is in flight, flush and return."""
         if self.batch_mode:
+            runner = BatchRunner(
+                handler=self.handler,
+                decode=self._decode_value,
+                outputs=self._outputs,
+                broker=self.broker,
+                settler=self._settler,
+                metrics=self.metrics,
+                env=self.env,
+                next_batch=self._next_batch,
+                concurrency=self.concurrency,
+                stopping=self._stopping,
+            )
             loops: list[Callable[[], None]] = [
-                functools.partial(self._batch_loop, src)
+                functools.partial(runner.run, src)
                 for src in self.broker.sources
                 for _ in range(self.concurrency)
             ]
@@ -235,7 +238,7 @@ class Instance:
         return True
 
     # -- receiving and dispatch ------------------------------------------------------------
-    def _next_batch(self, source: Source, limit: int = _BATCH_MAX) -> Sequence[InMessage]:
+    def _next_batch(self, source: Source, limit: int = BATCH_MAX) -> Sequence[InMessage]:
         """Received messages (maybe none); at-most-once acks them here, on receipt."""
         try:
             batch = self.broker.receive(source, limit, _RECEIVE_TIMEOUT_MS)
@@ -252,100 +255,6 @@ class Instance:
                 for msg in batch:
                     source.ack(msg)
         return batch
-
-    def _batch_loop(self, source: Source) -> None:
-        """Process batch after batch; settle each one as soon as all its sends are persisted.
-
-        Batches overlap: the next is processed while the previous one's sends are in flight,
-        so the loop never idles for a broker round trip. Settling keeps batch order.
-        """
-        pending: collections.deque[tuple[Receipts, list[Work]]] = collections.deque()
-        # With one thread, batches are as large as the client has; with several, as large as
-        # the handler's measured time per message allows within _BATCH_BUDGET_S (one at first).
-        limit = _BATCH_MAX if self.concurrency == 1 else 1
-        last: Sequence[InMessage] = ()
-        while not self._stopping.is_set():
-            batch = self._next_batch(source, limit)
-            if batch:
-                began = self._run_batch(source, batch, pending)
-                last = batch
-                if self.concurrency > 1:
-                    per_message = (time.perf_counter() - began) / len(batch)
-                    limit = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET_S / max(per_message, 1e-7))))
-            while pending and len(pending[0][0].done) >= pending[0][0].issued:
-                self._settler.settle_all(pending.popleft()[1])
-            if pending and (not batch or len(pending) > _BATCHES_IN_FLIGHT):
-                self._settle_pending(pending)  # idle, or too far ahead: wait for the oldest
-        if self.concurrency == 1 and self._guarantee in ACKED_ON_SUCCESS:
-            self._finish_open_entries(source, last, pending)
-        self._settle_pending(pending)
-
-    def _run_batch(
-        self,
-        source: Source,
-        batch: Sequence[InMessage],
-        pending: collections.deque[tuple[Receipts, list[Work]]],
-    ) -> float:
-        """Invoke the handler on every message of `batch`; returns when it began."""
-        receipts = Receipts()
-        with self._serial:
-            began = time.perf_counter()
-            works = [Work(source, msg, receipts, began) for msg in batch]
-            for work in works:
-                self._invoke_sync(work)
-        pending.append((receipts, works))
-        return began
-
-    def _finish_open_entries(
-        self,
-        source: Source,
-        last: Sequence[InMessage],
-        pending: collections.deque[tuple[Receipts, list[Work]]],
-    ) -> None:
-        """On stop, also process the rest of the producer batches already begun.
-
-        A broker without batch-index acks redelivers a partly acknowledged producer batch
-        whole, so stopping inside one would duplicate every sibling already processed. Its
-        remaining messages are in the client's queue already (a batch arrives in one piece);
-        anything else received here stays unacknowledged and goes to the next consumer.
-        """
-        open_entries = {entry_of(msg) for msg in last if msg.message_id().batch_index() >= 0}
-        while open_entries:
-            more = self.broker.receive(source, _BATCH_MAX, 0)
-            rest = [msg for msg in more if entry_of(msg) in open_entries]
-            if not rest:
-                return
-            self.metrics.note_received(len(rest))
-            self._run_batch(source, rest, pending)
-            open_entries = {entry_of(msg) for msg in rest}
-
-    def _settle_pending(self, pending: collections.deque[tuple[Receipts, list[Work]]]) -> None:
-        """Flush, then settle every pending batch in order."""
-        if not pending:
-            return
-        self.broker.flush()
-        while pending:
-            receipts, works = pending.popleft()
-            self._await_receipts(receipts, works)
-            self._settler.settle_all(works)
-
-    def _await_receipts(self, receipts: Receipts, works: list[Work]) -> None:
-        """After a flush every receipt is in, or the broker is away: wait, but not forever.
-
-        Sends never time out (a broker restart only delays them), so a batch whose receipts
-        do not all come within the deadline fails as a whole: nacked, never acked unconfirmed.
-        """
-        deadline = time.monotonic() + _RECEIPT_DEADLINE_S
-        while len(receipts.done) < receipts.issued:
-            if time.monotonic() > deadline:
-                error = BrokerError(
-                    f"{receipts.issued - len(receipts.done)} sends unconfirmed after "
-                    f"{_RECEIPT_DEADLINE_S:.0f} s"
-                )
-                for work in works:
-                    self._settler.fail(work, error, user=False)
-                return
-            time.sleep(0.0005)
 
     def _receive_loop(self, source: Source, dispatch: Dispatch) -> None:
         """Hand received messages on as slots free up: as many at once as there are slots."""
@@ -407,12 +316,17 @@ class Instance:
             loop.call_soon_threadsafe(loop.stop)
 
     # -- processing ------------------------------------------------------------------------
-    def _decode(self, work: Work) -> tuple[Context, Any]:
-        codec = self.handler.input_codec
+    def _decode_value(self, msg: InMessage) -> Any:
+        """The handler's input from `msg`, by the topic's serde or the handler's annotation."""
         if self._input_serdes:
-            codec = self._input_serdes.get(strip_partition(work.msg.topic_name()), codec)
-        value = codec.decode(work.msg.data())
-        return Context(self.env, work.msg, work), value
+            codec = self._input_serdes.get(strip_partition(msg.topic_name()), self._input_codec)
+            return codec.decode(msg.data())
+        if self._raw_input:
+            return msg.data()
+        return self._input_codec.decode(msg.data())
+
+    def _decode(self, work: Work) -> tuple[Context, Any]:
+        return Context(self.env, work.msg, work), self._decode_value(work.msg)
 
     def _process_sync_all(self, source: Source, msgs: Sequence[InMessage]) -> None:
         for msg in msgs:
@@ -430,9 +344,7 @@ class Instance:
             token = ctxmod.bind(ctx)
             try:
                 result = self.handler.call(ctx, value)
-                if type(result) not in _PLAIN and inspect.isawaitable(result):
-                    # a sync wrapper around a coroutine
-                    result = asyncio.run(_awaited(result))
+                result = sync_result(result)
                 outputs: Iterable[Any] = (
                     result if self.handler.yields else () if result is None else (result,)
                 )
@@ -516,30 +428,8 @@ class Instance:
         """Encode one output and send it to the output topic (if there is one)."""
         if value is None or not self._output_topic:
             return
-        payload = self._output_codec.encode(value)
-        msg = work.msg
-        props = ctxmod.input_properties(msg)
-        if self.config.forward_source_message_property:
-            props = {**msg.properties(), **props}
-        seq: int | None = None
-        producer: str | None = None
-        if self._guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE:
-            mid = msg.message_id()
-            if work.outputs >= MAX_OUTPUTS_PER_INPUT:
-                raise PayloadError(
-                    f"effectively-once allows {MAX_OUTPUTS_PER_INPUT} outputs per input",
-                    "yield fewer outputs, or use ATLEAST_ONCE",
-                )
-            seq = output_sequence_id(
-                mid.ledger_id(), mid.entry_id(), mid.batch_index(), work.outputs
-            )
-            work.outputs += 1
-            producer = effectively_once_producer(
-                self.config.fqfn, self.config.instance_id, msg.topic_name()
-            )
-        key = msg.partition_key() or None
-        event_time = msg.event_timestamp() or None
-        out = OutMessage(self._output_topic, payload, key, props, event_time, seq, producer)
+        out = self._outputs.build(work.msg, value, work.outputs)
+        work.outputs += 1
         self._send(work, out)
 
     def _send(

@@ -8,18 +8,21 @@ handler (and producing outputs) again. Failover and exclusive subscriptions keep
 redelivery count in the broker, so attempts are counted here as well.
 
 Everything is bounded (oldest forgotten first) and keyed by the serialized message id, which
-names the topic partition, ledger, entry and batch index.
+names the topic partition, ledger, entry and batch index. Until the first failure nothing can
+come back, so settled messages are only kept by reference, the last RECENT_GROUPS groups of
+them, and remembered by id from the first failure on.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 from pulsarfunc.runtime.transport import InMessage
 
 LIMIT = 100_000  # ids remembered per kind: several redelivery delays' worth of messages
+RECENT_GROUPS = 16  # settled groups kept by reference before the first failure
 
 
 class _Bounded:
@@ -60,6 +63,7 @@ class Redeliveries:
         self._attempts = _Bounded(limit)
         self._dead_lettered = _Bounded(limit)
         self._settled = _Bounded(limit)
+        self._recent: deque[Sequence[InMessage]] = deque(maxlen=RECENT_GROUPS)
         self.watching = False  # set by the first nack: only then can copies come back
 
     @property
@@ -73,11 +77,20 @@ class Redeliveries:
         with self._lock:
             local = self._attempts.get(key) + 1
             self._attempts.put(key, local)
-            self.watching = True
+            if not self.watching:
+                self.watching = True
+                for group in self._recent:  # their siblings may come back with this one
+                    for settled in group:
+                        self._settled.put(_key(settled))
+                self._recent.clear()
         return max(local, msg.redelivery_count() + 1)
 
-    def settled(self, msgs: Iterable[InMessage]) -> None:
+    def settled(self, msgs: Sequence[InMessage]) -> None:
         """These messages are done (acked): copies of them are duplicates."""
+        with self._lock:
+            if not self.watching:
+                self._recent.append(msgs)
+                return
         keys = [_key(msg) for msg in msgs]
         with self._lock:
             for key in keys:

@@ -124,9 +124,38 @@ class Settler:
                 continue
             succeeded += 1
             total_s += now - work.started
-        self.redeliveries.settled(w.msg for w in works if w.error is None)
+        self.redeliveries.settled([w.msg for w in works if w.error is None])
         if succeeded:
             self.metrics.note_processed_many(succeeded, total_s * 1000.0)
+
+    def settle_group(
+        self, source: Source, msgs: Sequence[InMessage], works: dict[int, Work], began: float
+    ) -> None:
+        """Settle a batch-mode group, whose Works exist only for some messages (`works`).
+
+        Without a failure, under a guarantee that acks on success, the whole group is
+        acknowledged in one call; anything else goes through `settle_all` message by message.
+        """
+        if (
+            self.redeliveries.failing
+            or self._guarantee not in ACKED_ON_SUCCESS
+            or any(work.error is not None for work in works.values())
+        ):
+            self.settle_all(
+                [works.get(i) or Work(source, msg, None, began) for i, msg in enumerate(msgs)]
+            )
+            return
+        for work in works.values():
+            work.settled = True
+        try:
+            source.ack_all(msgs)
+        except Exception:
+            _log.exception("cannot acknowledge %d messages", len(msgs))
+            return
+        self.redeliveries.settled(msgs)
+        self.metrics.note_processed_many(
+            len(msgs), (time.perf_counter() - began) * 1000.0 * len(msgs)
+        )
 
     def _succeed(self, work: Work) -> None:
         self.metrics.note_processed((time.perf_counter() - work.started) * 1000.0)

@@ -52,11 +52,19 @@ class Source(Protocol):
 
     def ack(self, message: InMessage) -> None: ...
 
+    def ack_all(self, messages: Sequence[InMessage]) -> None:
+        """Acknowledge each of `messages` (one call per batch on the hot path)."""
+        ...
+
     def nack(self, message: InMessage) -> None: ...
 
 
 SendCallback = Callable[[Exception | None], None]
 """Called once a send is persisted (None) or has failed (the error); from any thread."""
+
+BatchCallback = Callable[[Mapping[int, Exception]], None]
+"""Called once every message of a `send_batch` is persisted or failed, with the errors of
+those that failed by position (empty: all persisted); from any thread."""
 
 
 class OutMessage(NamedTuple):
@@ -85,6 +93,18 @@ class Broker(Protocol):
 
     def send(self, message: OutMessage, callback: SendCallback) -> None:
         """Queue a message for sending; never waits for the broker round trip."""
+        ...
+
+    def send_batch(self, messages: Sequence[OutMessage], callback: BatchCallback) -> None:
+        """Queue messages, all for one producer (the first's topic and producer_name), in
+        order; call back once when every one is persisted or failed. Never waits.
+
+        The cheap way to send many: a receipt per message means a callback per message on the
+        client's IO thread, the largest cost per message in a Python client. A producer
+        completes its sends in order, and a failure after the call (connection, fencing,
+        termination) fails every later pending send too, so the receipt of the last message
+        stands for those before it; a failed last receipt is reported for every message.
+        """
         ...
 
     def flush(self) -> None:

@@ -9,7 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pulsarfunc.runtime.transport import InMessage, OutMessage, SendCallback, Source
+from pulsarfunc.runtime.transport import (
+    BatchCallback,
+    InMessage,
+    OutMessage,
+    SendCallback,
+    Source,
+)
 
 _ids = itertools.count(1)
 
@@ -98,6 +104,10 @@ class FakeSource:
         with self.lock:
             self.acked.append(message)
 
+    def ack_all(self, messages: Sequence[InMessage]) -> None:
+        for message in messages:
+            self.ack(message)
+
     def nack(self, message: InMessage) -> None:
         assert isinstance(message, FakeMessage)
         with self.lock:
@@ -138,6 +148,7 @@ class FakeBroker:
         self.receive_limit = 1_000_000  # at most this many messages per receive
         self.disconnected = False
         self.flushed = 0
+        self.batches = 0  # send_batch calls
         self.closed = False
         self._lock = threading.Lock()
 
@@ -160,6 +171,7 @@ class FakeBroker:
         return batch
 
     def send(self, message: OutMessage, callback: SendCallback) -> None:
+        """Record the message; the callback runs on a thread of its own, like the client's."""
         error = (
             RuntimeError(f"send to {message.topic} refused")
             if message.topic in self.fail_topics
@@ -169,6 +181,19 @@ class FakeBroker:
             with self._lock:
                 self.sent[message.topic].append(message)
         threading.Thread(target=callback, args=(error,), daemon=True).start()
+
+    def send_batch(self, messages: Sequence[OutMessage], callback: BatchCallback) -> None:
+        """Record the messages; a failing topic fails every one of them, as a producer-wide
+        failure does; one callback on a thread of its own."""
+        errors: dict[int, Exception] = {}
+        with self._lock:
+            self.batches += 1
+            for position, message in enumerate(messages):
+                if message.topic in self.fail_topics:
+                    errors[position] = RuntimeError(f"send to {message.topic} refused")
+                else:
+                    self.sent[message.topic].append(message)
+        threading.Thread(target=callback, args=(errors,), daemon=True).start()
 
     def flush(self) -> None:
         self.flushed += 1
