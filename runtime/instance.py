@@ -152,6 +152,7 @@ class Instance:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_sem: asyncio.Semaphore | None = None
         self._key_tails: dict[str, asyncio.Future[None]] = {}
+        self._outbox: list[tuple[OutMessage, Work | None]] = []  # event loop: outputs to send
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(
@@ -407,16 +408,48 @@ class Instance:
                     result = self.handler.call(ctx, value)
                     if self.handler.is_async_gen:
                         async for out in result:
-                            self._emit(work, out)
+                            self._queue_output(work, out)
                     else:
                         out = await result
                         if out is not None:
-                            self._emit(work, out)
+                            self._queue_output(work, out)
                 finally:
                     ctxmod.unbind(token)
             except Exception as exc:
                 self._settler.fail(work, exc)
         self._release(work)
+
+    def _queue_output(self, work: Work, value: Any) -> None:
+        """On the event loop: outputs of the tasks that ran in one pass of the loop go to the
+        broker together, in one `send_batch` with one receipt (no callback per output)."""
+        if value is None or not self._output_topic:
+            return
+        out = self._outputs.build(work.msg, value, work.outputs)
+        work.outputs += 1
+        tracked = self._track_sends and self._hold(work)
+        self._outbox.append((out, work if tracked else None))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._send_outbox)
+
+    def _send_outbox(self) -> None:
+        queued, self._outbox = self._outbox, []
+        by_producer: dict[str | None, list[tuple[OutMessage, Work | None]]] = {}
+        for item in queued:
+            by_producer.setdefault(item[0].producer_name, []).append(item)
+        for items in by_producer.values():
+            owners = [work for _, work in items]
+
+            def receipt(
+                errors: Mapping[int, Exception], owners: list[Work | None] = owners
+            ) -> None:
+                for position, work in enumerate(owners):
+                    if work is not None:
+                        error = errors.get(position)
+                        if error is not None:
+                            self._settler.fail(work, error, user=False)
+                        self._release(work)
+
+            self.broker.send_batch([out for out, _ in items], receipt)
 
     async def _drain_async(self) -> None:
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -1,0 +1,174 @@
+"""Batch mode's cheap path: outputs sent per group with one receipt, and what that must keep."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pulsar
+import pytest
+from fake_broker import FakeBroker, FakeId, FakeMessage, wait_for
+from test_instance import OUT, payloads, started
+
+from pulsarfunc import current_context
+from pulsarfunc.runtime.broker import _BatchReceipt
+from pulsarfunc.runtime.errors import BrokerError
+from pulsarfunc.runtime.redelivery import Redeliveries
+
+FAILED = pulsar.Result.AlreadyClosed
+
+
+def test_a_group_of_outputs_goes_to_the_broker_in_few_batches() -> None:
+    broker = FakeBroker()
+    broker.feed(*(FakeMessage(f"m{i}".encode()) for i in range(500)))
+    with started(lambda text: text.upper(), broker):
+        wait_for(lambda: len(broker.sources[0].acked) == 500)
+    assert payloads(broker) == [f"M{i}".encode() for i in range(500)]  # in input order
+    assert broker.batches < 50  # groups grow to the time budget: not a batch per message
+
+
+def test_a_failed_output_batch_fails_only_the_messages_that_had_outputs() -> None:
+    broker = FakeBroker()
+    broker.fail_topics.add(OUT)
+    broker.feed(*(FakeMessage(f"m{i}".encode()) for i in range(10)))
+
+    def odd_only(text: str) -> str | None:
+        return text if int(text[1:]) % 2 else None
+
+    with started(odd_only, broker, max_message_retries=0, dead_letter_topic="dlq"):
+        wait_for(lambda: len(broker.sent["dlq"]) == 5)
+        wait_for(lambda: len(broker.sources[0].acked) == 10)
+    assert sorted(m.payload for m in broker.sent["dlq"]) == [b"m1", b"m3", b"m5", b"m7", b"m9"]
+    reasons = {dict(m.properties or {})["pulsarfunc.error.message"] for m in broker.sent["dlq"]}
+    assert reasons == {f"send to {OUT} refused"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_current_context_without_a_context_parameter_is_each_message_s(concurrency: int) -> None:
+    broker = FakeBroker()
+    msgs = [FakeMessage(f"m{i}".encode(), key=f"k{i}") for i in range(30)]
+    broker.feed(*msgs)
+
+    def tagged(text: str) -> str:
+        ctx = current_context()
+        assert ctx is current_context()  # the same Context for the whole call
+        return f"{ctx.message_key}:{text}:{ctx.message_id.entry_id()}"
+
+    with started(tagged, broker, concurrency=concurrency):
+        wait_for(lambda: len(broker.sources[0].acked) == 30)
+    want = sorted(f"k{i}:m{i}:{m.mid.entry}".encode() for i, m in enumerate(msgs))
+    assert sorted(payloads(broker)) == want
+
+
+def test_publish_through_current_context_holds_the_ack_until_persisted() -> None:
+    broker = FakeBroker()
+    release, entered = threading.Event(), threading.Event()
+    original = broker.send
+
+    def slow_send(message: Any, callback: Any) -> None:
+        entered.set()
+
+        def later() -> None:
+            release.wait(5)
+            original(message, callback)
+
+        threading.Thread(target=later, daemon=True).start()
+
+    broker.send = slow_send  # type: ignore[method-assign]
+    broker.feed(FakeMessage(b"x"))
+
+    def side(text: str) -> None:
+        current_context().publish("persistent://public/default/side", text)
+
+    with started(side, broker):
+        wait_for(entered.is_set)
+        assert broker.sources[0].acked == []  # the publish is not persisted yet
+        release.set()
+        wait_for(lambda: len(broker.sources[0].acked) == 1)
+    assert payloads(broker, "persistent://public/default/side") == [b"x"]
+
+
+# -- the receipt of one send_batch (pulsar-client results, no broker) -----------------------
+def _receipt(size: int) -> tuple[_BatchReceipt, list[Mapping[int, Exception]]]:
+    calls: list[Mapping[int, Exception]] = []
+    return _BatchReceipt("t", size, calls.append), calls
+
+
+def test_a_persisted_tail_settles_the_batch_once_without_errors() -> None:
+    receipt, calls = _receipt(3)
+    receipt.tail(pulsar.Result.Ok, None)
+    assert calls == [{}]
+
+
+def test_a_failed_tail_fails_every_message_of_the_batch() -> None:
+    receipt, calls = _receipt(3)
+    receipt.tail(FAILED, None)
+    (errors,) = calls
+    assert sorted(errors) == [0, 1, 2]
+    assert all(isinstance(e, BrokerError) for e in errors.values())
+
+
+def test_tracked_large_messages_are_waited_for_and_fail_alone() -> None:
+    receipt, calls = _receipt(4)
+    receipt.tracking(2)
+    receipt.one(1, FAILED, None)
+    receipt.tail(pulsar.Result.Ok, None)
+    assert calls == []  # message 2's receipt is still out
+    receipt.one(2, pulsar.Result.Ok, None)
+    (errors,) = calls
+    assert list(errors) == [1]
+
+
+def test_refused_at_the_call_is_reported_with_the_batch() -> None:
+    receipt, calls = _receipt(3)
+    receipt.refused((0,), ValueError("bad property"))
+    receipt.tail(pulsar.Result.Ok, None)
+    (errors,) = calls
+    assert list(errors) == [0]
+    assert "bad property" in str(errors[0])
+
+
+# -- redelivery memory before the first failure -----------------------------------------------
+def test_groups_settled_before_the_first_failure_are_still_recognised_as_copies() -> None:
+    redeliveries = Redeliveries()
+    early = [FakeMessage(b"a", mid=FakeId(1, 1, i)) for i in range(3)]
+    redeliveries.settled(early)  # kept by reference only: nothing has failed yet
+    watching = [redeliveries.watching]
+    failing = FakeMessage(b"b", mid=FakeId(1, 1, 3))
+    assert redeliveries.attempt(failing) == 1
+    watching.append(redeliveries.watching)
+    assert watching == [False, True]
+    assert all(redeliveries.is_copy(FakeMessage(b"a", mid=m.mid)) for m in early)
+    assert not redeliveries.is_copy(failing)
+    later = FakeMessage(b"c", mid=FakeId(1, 2, 0))
+    redeliveries.settled([later])
+    assert redeliveries.is_copy(later)
+
+
+def test_async_outputs_finished_in_one_pass_of_the_loop_go_in_one_batch() -> None:
+    broker = FakeBroker()
+    broker.feed(*(FakeMessage(f"m{i}".encode()) for i in range(200)))
+
+    async def echo(text: str) -> str:
+        await asyncio.sleep(0)
+        return text
+
+    with started(echo, broker, concurrency=16):
+        wait_for(lambda: len(broker.sources[0].acked) == 200)
+    assert sorted(payloads(broker)) == sorted(f"m{i}".encode() for i in range(200))
+    assert broker.batches <= 200 // 4  # 16 tasks finish in a pass: about 16 per batch
+
+
+def test_async_output_failure_fails_its_message_only() -> None:
+    broker = FakeBroker()
+    broker.fail_topics.add(OUT)
+    broker.feed(FakeMessage(b"keep"), FakeMessage(b"drop"))
+
+    async def only_keep(text: str) -> str | None:
+        return text if text == "keep" else None
+
+    with started(only_keep, broker, max_message_retries=0, dead_letter_topic="dlq"):
+        wait_for(lambda: len(broker.sources[0].acked) == 2)
+    assert [m.payload for m in broker.sent["dlq"]] == [b"keep"]
