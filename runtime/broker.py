@@ -275,8 +275,11 @@ class PulsarBroker:
             ),
             "properties": {"fqfn": config.fqfn, "instance_id": str(config.instance_id)},
             "pattern_auto_discovery_period": 1,
-            # Nacking one message of a producer batch must not redeliver its acked siblings.
-            "batch_index_ack_enabled": True,
+            # Off, as in Pulsar's own instance: with it on, every ack carries a batch-index
+            # ack set, which cost the broker twice the CPU per message (measured), for nothing
+            # on a broker with batch-index acks off (its default). Acked siblings of a nacked
+            # message that come back are acknowledged on arrival instead (redelivery.py).
+            "batch_index_ack_enabled": False,
         }
         topics = [spec.topic for spec in config.inputs if not spec.is_regex]
         patterns = [spec.topic for spec in config.inputs if spec.is_regex]
