@@ -26,7 +26,7 @@ from typing import Any
 from pulsarfunc.runtime import context as ctxmod
 from pulsarfunc.runtime.context import Cursor, FunctionEnv
 from pulsarfunc.runtime.errors import BrokerError
-from pulsarfunc.runtime.handler import Form, Handler, sync_result
+from pulsarfunc.runtime.handler import NOT_AWAITABLE, Form, Handler, sync_result
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS, Settler
@@ -99,6 +99,7 @@ class BatchRunner:
         next_batch: NextBatch,
         concurrency: int,
         stopping: threading.Event,
+        raw_input: bool = False,
     ) -> None:
         self._handler = handler
         self._decode = decode
@@ -117,6 +118,7 @@ class BatchRunner:
         # The handler is called directly when it takes its input alone: no Context at all.
         self._needs_context = handler.form is Form.PULSAR_FUNCTION or handler.takes_context
         self._plain = handler.plain_call()
+        self._raw_input = raw_input  # bytes in as bytes: msg.data() is the value
 
     def run(self, source: Source) -> None:
         """Process group after group until stopping; then settle what is pending."""
@@ -167,26 +169,36 @@ class BatchRunner:
         return group
 
     def _invoke_all(self, group: Group, cursor: Cursor) -> None:
-        """Call the handler on each message of the group; failures are recorded per message."""
-        handler, decode, put = self._handler, self._decode, self._put
-        plain, needs_context = self._plain, self._needs_context
-        yields = handler.yields
+        """Call the handler on each message of the group; failures are recorded per message.
+
+        The hot loop of the runtime: everything it uses is a local, and a single output that
+        needs no per-message count goes straight to the group's list.
+        """
+        handler, decode, put, build = self._handler, self._decode, self._put, self._outputs.build
+        plain, needs_context, raw = self._plain, self._needs_context, self._raw_input
+        yields, counted = handler.yields, self._counts_outputs or not self._outputs.topic
+        outs, owners = group.outs, group.owners
         work_of = group.work
         for index, msg in enumerate(group.msgs):
             cursor.index = index
             cursor.ctx = None
             try:
-                value = decode(msg)
+                value = msg.data() if raw else decode(msg)
                 if plain is not None:
                     result = plain(value)
                 else:
                     result = handler.call(cursor.context() if needs_context else None, value)
-                result = sync_result(result)
+                if type(result) not in NOT_AWAITABLE:
+                    result = sync_result(result)
                 if yields:
                     for out in result:
                         put(group, index, out)
                 elif result is not None:
-                    put(group, index, result)
+                    if counted:
+                        put(group, index, result)
+                    else:
+                        outs.append(build(msg, result, 0))
+                        owners.append(index)
             except Exception as exc:
                 self._settler.fail(work_of(index), exc)
 

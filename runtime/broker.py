@@ -373,19 +373,31 @@ class PulsarBroker:
         except Exception as exc:
             receipt.refused(range(len(messages)), exc)
             return
-        send = self._send_native
+        send, builder_of = self._send_native, _pulsar.MessageBuilder
+        send_async = producer.send_async
         sized = self._config.forward_source_message_property
         tail = len(messages) - 1
         for position, message in enumerate(messages):
-            large = len(message.payload) > _UNTRACKED_MAX_BYTES or (
-                sized and _size(message) > _UNTRACKED_MAX_BYTES
-            )
+            payload, props = message.payload, message.properties
             try:
                 if position == tail:
                     send(producer, message, receipt.tail)
-                elif large:
+                elif len(payload) > _UNTRACKED_MAX_BYTES or (
+                    sized and _size(message) > _UNTRACKED_MAX_BYTES
+                ):
                     receipt.tracking(1)
                     send(producer, message, functools.partial(receipt.one, position))
+                elif message.sequence_id is None:  # the common case, inlined: no callback
+                    builder = builder_of()
+                    builder.content(payload)
+                    if props:
+                        for name, value in props.items():
+                            builder.property(name, value)
+                    if message.key:
+                        builder.partition_key(message.key)
+                    if message.event_timestamp:
+                        builder.event_timestamp(message.event_timestamp)
+                    send_async(builder.build(), None)
                 else:
                     send(producer, message, None)
             except Exception as exc:

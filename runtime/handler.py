@@ -121,7 +121,7 @@ class Handler:
         return f"{kind} {self.form.value} {self.signature}: input {inp}, output {out}"
 
 
-_PLAIN = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
+NOT_AWAITABLE = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -130,7 +130,7 @@ async def _awaited(awaitable: Any) -> Any:
 
 def sync_result(result: Any) -> Any:
     """A sync handler's result; a coroutine (a sync wrapper around async code) is run first."""
-    if type(result) not in _PLAIN and inspect.isawaitable(result):
+    if type(result) not in NOT_AWAITABLE and inspect.isawaitable(result):
         return asyncio.run(_awaited(result))
     return result
 

@@ -171,6 +171,7 @@ class Instance:
                 next_batch=self._next_batch,
                 concurrency=self.concurrency,
                 stopping=self._stopping,
+                raw_input=self._raw_input and not self._input_serdes,
             )
             loops: list[Callable[[], None]] = [
                 functools.partial(runner.run, src)

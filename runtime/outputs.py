@@ -22,6 +22,7 @@ from pulsarfunc.runtime.naming import (
 from pulsarfunc.runtime.transport import InMessage, OutMessage
 
 _b64 = base64.b64encode
+_new = tuple.__new__
 
 
 class Outputs:
@@ -48,13 +49,18 @@ class Outputs:
         }
         if self.forwards:
             props = {**msg.properties(), **props}
-        if not self.effectively_once:
-            return OutMessage(
-                self.topic,
-                payload,
-                msg.partition_key() or None,
-                props,
-                msg.event_timestamp() or None,
+        if not self.effectively_once:  # tuple.__new__: a NamedTuple's own __new__ costs more
+            return _new(
+                OutMessage,
+                (
+                    self.topic,
+                    payload,
+                    msg.partition_key() or None,
+                    props,
+                    msg.event_timestamp() or None,
+                    None,
+                    None,
+                ),
             )
         if previous >= MAX_OUTPUTS_PER_INPUT:
             raise PayloadError(
