@@ -11,7 +11,8 @@ messages) and is measured the same way:
             producer stamps each payload with the time, the output's receipt is timed
   each the median of --repeats runs (a fresh processor and fresh topics per run)
 
-Cases: (a) the batched pulsar-client limit loop and the naive loop (bench/limit_loops.py);
+Cases: (a) the batched pulsar-client limit loop, the same stamping the output properties
+pulsarfunc and Pulsar's instance add, and the naive loop (bench/limit_loops.py);
 (b) pulsarfunc through LocalRun (`pulsarfunc run`) and as a built image (`docker run` on the
 broker's network), sync and async, at --concurrency 1 and at the default; (c) Pulsar's own
 Python instance (python_instance_main.py of $PULSAR_HOME, in a venv of its own under
@@ -340,6 +341,9 @@ def verdicts(
     pulsar = med("c Pulsar's Python instance", "rates")
     ratio = ours / lim if ours and lim else None
     add("b/a: sync default vs batched limit (msg/s)", ratio, ">= 0.9", _at_least(ratio, 0.9))
+    stamped = med("a limit loop, pulsarfunc's output (stamped)", "rates")
+    ratio = ours / stamped if ours and stamped else None
+    add("b/a: sync default vs the same output by hand (msg/s)", ratio, "(info)", None)
     ratio = ours / nai if ours and nai else None
     add("b/a: sync default vs naive loop (msg/s)", ratio, "(info)", None)
     for label, case in (
@@ -399,6 +403,7 @@ def main(argv: Sequence[str]) -> int:
     c1, dflt = 1, None  # None: the flag is not given, the runtime's default applies
     cases: list[tuple[str, Start, dict[str, object]]] = [
         ("a limit loop (batched)", limit_loop("batched", workdir), {}),
+        ("a limit loop, pulsarfunc's output (stamped)", limit_loop("stamped", workdir), {}),
         ("a naive loop", limit_loop("naive", workdir), {}),
         ("b pulsarfunc run, sync, concurrency 1", localrun("echo", c1, workdir), {}),
         ("b pulsarfunc run, sync, default concurrency", localrun("echo", dflt, workdir), {}),
