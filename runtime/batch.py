@@ -26,7 +26,7 @@ from typing import Any
 from pulsarfunc.runtime import context as ctxmod
 from pulsarfunc.runtime.context import Cursor, FunctionEnv
 from pulsarfunc.runtime.errors import BrokerError
-from pulsarfunc.runtime.handler import NOT_AWAITABLE, Form, Handler, sync_result
+from pulsarfunc.runtime.handler import NOT_AWAITABLE, Handler, sync_result
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS, Settler
@@ -116,7 +116,6 @@ class BatchRunner:
         self._guarantee = env.config.processing_guarantee
         self._counts_outputs = outputs.effectively_once
         # The handler is called directly when it takes its input alone: no Context at all.
-        self._needs_context = handler.form is Form.PULSAR_FUNCTION or handler.takes_context
         self._plain = handler.plain_call()
         self._raw_input = raw_input  # bytes in as bytes: msg.data() is the value
 
@@ -175,7 +174,7 @@ class BatchRunner:
         needs no per-message count goes straight to the group's list.
         """
         handler, decode, put, build = self._handler, self._decode, self._put, self._outputs.build
-        plain, needs_context, raw = self._plain, self._needs_context, self._raw_input
+        plain, raw = self._plain, self._raw_input
         yields, counted = handler.yields, self._counts_outputs or not self._outputs.topic
         outs, owners = group.outs, group.owners
         work_of = group.work
@@ -184,21 +183,28 @@ class BatchRunner:
             cursor.ctx = None
             try:
                 value = msg.data() if raw else decode(msg)
-                if plain is not None:
-                    result = plain(value)
-                else:
-                    result = handler.call(cursor.context() if needs_context else None, value)
-                if type(result) not in NOT_AWAITABLE:
-                    result = sync_result(result)
-                if yields:
-                    for out in result:
-                        put(group, index, out)
-                elif result is not None:
-                    if counted:
-                        put(group, index, result)
-                    else:
-                        outs.append(build(msg, result, 0))
-                        owners.append(index)
+                token = None
+                try:
+                    if plain is not None:
+                        result = plain(value)
+                    else:  # a Context of its own: the call may outlive the cursor (timeouts)
+                        ctx = cursor.context()
+                        token = ctxmod.bind(ctx)
+                        result = handler.call(ctx, value)
+                    if type(result) not in NOT_AWAITABLE:
+                        result = sync_result(result)
+                    if yields:
+                        for out in result:
+                            put(group, index, out)
+                    elif result is not None:
+                        if counted:
+                            put(group, index, result)
+                        else:
+                            outs.append(build(msg, result, 0))
+                            owners.append(index)
+                finally:
+                    if token is not None:
+                        ctxmod.unbind(token)
             except Exception as exc:
                 self._settler.fail(work_of(index), exc)
 

@@ -372,6 +372,7 @@ class PulsarBroker:
             producer = self._native_producer(messages[0])
         except Exception as exc:
             receipt.refused(range(len(messages)), exc)
+            receipt.tail(_OK, None)  # nothing was sent: done, every message failed
             return
         send, builder_of = self._send_native, _pulsar.MessageBuilder
         send_async = producer.send_async

@@ -101,9 +101,9 @@ class Handler:
     def plain_call(self) -> Callable[[Any], Any] | None:
         """The target itself when it takes its input alone and `call` would add nothing: the
         cheapest call, with no Context at all. None otherwise."""
-        if self.form is Form.FUNCTION and self.takes_input and not self.takes_context:
-            return self.target
-        return None
+        if self.form is Form.FUNCTION:
+            return self.target if self.takes_input and not self.takes_context else None
+        return None if self.form is Form.PULSAR_FUNCTION else self.target
 
     def describe(self) -> str:
         """One line for `pulsarfunc check` and start-up logs."""

@@ -13,9 +13,11 @@ from fake_broker import FakeBroker, FakeId, FakeMessage, wait_for
 from test_instance import OUT, payloads, started
 
 from pulsarfunc import current_context
-from pulsarfunc.runtime.broker import _BatchReceipt
+from pulsarfunc.runtime.broker import PulsarBroker, _BatchReceipt
+from pulsarfunc.runtime.config import FunctionConfig, InputSpec
 from pulsarfunc.runtime.errors import BrokerError
 from pulsarfunc.runtime.redelivery import Redeliveries
+from pulsarfunc.runtime.transport import OutMessage
 
 FAILED = pulsar.Result.AlreadyClosed
 
@@ -172,3 +174,100 @@ def test_async_output_failure_fails_its_message_only() -> None:
     with started(only_keep, broker, max_message_retries=0, dead_letter_topic="dlq"):
         wait_for(lambda: len(broker.sources[0].acked) == 2)
     assert [m.payload for m in broker.sent["dlq"]] == [b"keep"]
+
+
+def test_a_late_timed_out_call_still_sees_its_own_message() -> None:
+    broker = FakeBroker()
+    release = threading.Event()
+    seen: list[bytes] = []
+
+    def slow(text: str) -> str:
+        if text == "stuck":
+            release.wait(5)  # past the deadline: the loop has moved on to "next"
+            seen.append(current_context().message.data())
+        return text
+
+    broker.feed(FakeMessage(b"stuck"), FakeMessage(b"next"))
+    with started(slow, broker, timeout_ms=100, max_message_retries=0, dead_letter_topic="dlq"):
+        wait_for(lambda: len(broker.sources[0].acked) == 2)
+        release.set()
+        wait_for(lambda: bool(seen))
+    assert seen == [b"stuck"]
+    assert payloads(broker) == [b"next"]
+
+
+# -- PulsarBroker.send_batch over a stand-in native producer (no broker) ----------------------
+class NativeProducer:
+    """Records what send_batch hands the client: which sends carry a callback."""
+
+    def __init__(self, refuse: set[bytes] | None = None) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+        self.refuse = refuse or set()
+        self.flushed = 0
+
+    def send_async(self, msg: Any, callback: Any) -> None:
+        if msg.data() in self.refuse:
+            raise pulsar.PulsarException("refused")
+        self.sent.append((msg.data(), callback))
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+
+def _broker_over(producer: NativeProducer | None) -> PulsarBroker:
+    broker = PulsarBroker.__new__(PulsarBroker)  # no client: only the send path is used
+    broker._config = FunctionConfig(inputs=(InputSpec("in"),), output=OUT, name="fn")
+    broker._natives = {} if producer is None else {(OUT, None): producer}
+    broker._producers = {}
+    broker._producers_lock = threading.Lock()
+
+    def no_producer(topic: str, name: str | None) -> Any:
+        raise pulsar.PulsarException("topic not found")
+
+    broker._producer = no_producer  # type: ignore[method-assign]
+    return broker
+
+
+def _outs(*payloads: bytes) -> list[OutMessage]:
+    return [OutMessage(OUT, p, None, {"__pfn_input_topic__": "in"}) for p in payloads]
+
+
+def test_send_batch_asks_the_client_for_one_receipt_the_last_message_s() -> None:
+    producer = NativeProducer()
+    calls: list[Mapping[int, Exception]] = []
+    _broker_over(producer).send_batch(_outs(b"a", b"b", b"c"), calls.append)
+    assert [(p, cb is not None) for p, cb in producer.sent] == [
+        (b"a", False),
+        (b"b", False),
+        (b"c", True),
+    ]
+    producer.sent[-1][1](pulsar.Result.Ok, None)
+    assert calls == [{}]
+
+
+def test_send_batch_tracks_a_large_message_on_its_own() -> None:
+    producer = NativeProducer()
+    calls: list[Mapping[int, Exception]] = []
+    _broker_over(producer).send_batch(_outs(b"a", bytes(70_000), b"c"), calls.append)
+    assert [cb is not None for _, cb in producer.sent] == [False, True, True]
+    producer.sent[2][1](pulsar.Result.Ok, None)
+    producer.sent[1][1](pulsar.Result.MessageTooBig, None)
+    (errors,) = calls
+    assert list(errors) == [1]
+
+
+def test_send_batch_with_its_last_message_refused_waits_for_the_rest_by_flush() -> None:
+    producer = NativeProducer(refuse={b"c"})
+    calls: list[Mapping[int, Exception]] = []
+    _broker_over(producer).send_batch(_outs(b"a", b"b", b"c"), calls.append)
+    assert producer.flushed == 1
+    (errors,) = calls
+    assert list(errors) == [2]
+
+
+def test_send_batch_without_a_producer_fails_every_message_at_once() -> None:
+    calls: list[Mapping[int, Exception]] = []
+    _broker_over(None).send_batch(_outs(b"a", b"b"), calls.append)
+    (errors,) = calls
+    assert sorted(errors) == [0, 1]
+    assert "topic not found" in str(errors[0])
