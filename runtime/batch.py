@@ -17,6 +17,7 @@ and groups settle in order. What a message costs is kept to the handler and the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -113,6 +114,7 @@ class BatchRunner:
         self._stopping = stopping
         # with several sources: at most `concurrency` handler calls at a time
         self._serial = threading.Semaphore(concurrency)
+        self._capped = len(broker.sources) > 1  # one source: its threads are the cap
         self._guarantee = env.config.processing_guarantee
         self._counts_outputs = outputs.effectively_once
         # The handler is called directly when it takes its input alone: no Context at all.
@@ -156,7 +158,7 @@ class BatchRunner:
         pending: collections.deque[Group],
         cursor: Cursor,
     ) -> Group:
-        with self._serial:
+        with self._serial if self._capped else contextlib.nullcontext():
             group = Group(source, msgs, time.perf_counter())
             cursor.owner_of = group.work
             try:
