@@ -199,6 +199,8 @@ class Instance:
             t.join()
         self._stop_dispatch()
         self.wait_idle(drain_timeout_s)
+        if self._loop is not None:  # after the drain: receipts settle on the loop
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self.broker.flush()
 
     def stop(self) -> None:
@@ -315,7 +317,6 @@ class Instance:
         if self._loop is not None:
             loop = self._loop
             asyncio.run_coroutine_threadsafe(self._drain_async(), loop).result()
-            loop.call_soon_threadsafe(loop.stop)
 
     # -- processing ------------------------------------------------------------------------
     def _decode_value(self, msg: InMessage) -> Any:
@@ -438,19 +439,27 @@ class Instance:
         for item in queued:
             by_producer.setdefault(item[0].producer_name, []).append(item)
         for items in by_producer.values():
-            owners = [work for _, work in items]
-
-            def receipt(
-                errors: Mapping[int, Exception], owners: list[Work | None] = owners
-            ) -> None:
-                for position, work in enumerate(owners):
-                    if work is not None:
-                        error = errors.get(position)
-                        if error is not None:
-                            self._settler.fail(work, error, user=False)
-                        self._release(work)
-
+            receipt = functools.partial(self._outbox_sent, [work for _, work in items])
             self.broker.send_batch([out for out, _ in items], receipt)
+
+    def _outbox_sent(self, owners: list[Work | None], errors: Mapping[int, Exception]) -> None:
+        """The receipt, on the client's IO thread: settling (acks) goes to the event loop. An
+        ack gives up the GIL, and the IO thread waited to get it back after every one."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._settle_sent, owners, errors)
+        except RuntimeError:  # the loop is closed: stopped after the drain deadline
+            _log.warning("%d outputs persisted after shutdown, inputs unacknowledged", len(owners))
+
+    def _settle_sent(self, owners: list[Work | None], errors: Mapping[int, Exception]) -> None:
+        works = []
+        for position, work in enumerate(owners):
+            if work is not None:
+                error = errors.get(position)
+                if error is not None:
+                    self._settler.fail(work, error, user=False)
+                works.append(work)
+        self._release_many(works)
 
     async def _drain_async(self) -> None:
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -545,9 +554,22 @@ class Instance:
         self._settler.settle(work)
         self._finished()
 
-    def _finished(self) -> None:
+    def _release_many(self, works: list[Work]) -> None:
+        """`_release` for many: one lock, and the ready ones settled together."""
+        ready = []
+        with self._lock:
+            for work in works:
+                work.pending -= 1
+                if not work.pending and not work.settled:
+                    work.settled = True
+                    ready.append(work)
+        if ready:
+            self._settler.settle_all(ready)
+            self._finished(len(ready))
+
+    def _finished(self, count: int = 1) -> None:
         with self._idle:
-            self._in_flight -= 1
+            self._in_flight -= count
             if not self._in_flight:
                 self._idle.notify_all()
-        self._slots.release()
+        self._slots.release(count)
