@@ -9,8 +9,9 @@ redelivery count in the broker, so attempts are counted here as well.
 
 Everything is bounded (oldest forgotten first) and keyed by the serialized message id, which
 names the topic partition, ledger, entry and batch index. Until the first failure nothing can
-come back, so settled messages are only kept by reference, the last RECENT_GROUPS groups of
-them, and remembered by id from the first failure on.
+come back, so settled messages are only kept by reference (the last RECENT_GROUPS groups they
+were settled in, RECENT messages at most: what a few hundred ms of processing settles, where the
+siblings of a message are), and remembered by id from the first failure on.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from collections.abc import Sequence
 from pulsarfunc.runtime.transport import InMessage
 
 LIMIT = 100_000  # ids remembered per kind: several redelivery delays' worth of messages
-RECENT_GROUPS = 16  # settled groups kept by reference before the first failure
+RECENT_GROUPS = 64  # settled groups kept by reference before the first failure
+RECENT = 16_000  # and messages in them at most
 
 
 class _Bounded:
@@ -63,7 +65,8 @@ class Redeliveries:
         self._attempts = _Bounded(limit)
         self._dead_lettered = _Bounded(limit)
         self._settled = _Bounded(limit)
-        self._recent: deque[Sequence[InMessage]] = deque(maxlen=RECENT_GROUPS)
+        self._recent: deque[Sequence[InMessage]] = deque()
+        self._recent_count = 0
         self.watching = False  # set by the first nack: only then can copies come back
 
     @property
@@ -83,6 +86,7 @@ class Redeliveries:
                     for settled in group:
                         self._settled.put(_key(settled))
                 self._recent.clear()
+                self._recent_count = 0
         return max(local, msg.redelivery_count() + 1)
 
     def settled(self, msgs: Sequence[InMessage]) -> None:
@@ -90,6 +94,11 @@ class Redeliveries:
         with self._lock:
             if not self.watching:
                 self._recent.append(msgs)
+                self._recent_count += len(msgs)
+                while len(self._recent) > 1 and (
+                    len(self._recent) > RECENT_GROUPS or self._recent_count > RECENT
+                ):
+                    self._recent_count -= len(self._recent.popleft())
                 return
         keys = [_key(msg) for msg in msgs]
         with self._lock:

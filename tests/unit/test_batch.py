@@ -16,7 +16,7 @@ from pulsarfunc import current_context
 from pulsarfunc.runtime.broker import PulsarBroker, _BatchReceipt
 from pulsarfunc.runtime.config import FunctionConfig, InputSpec
 from pulsarfunc.runtime.errors import BrokerError
-from pulsarfunc.runtime.redelivery import Redeliveries
+from pulsarfunc.runtime.redelivery import RECENT_GROUPS, Redeliveries
 from pulsarfunc.runtime.transport import OutMessage
 
 FAILED = pulsar.Result.AlreadyClosed
@@ -271,3 +271,13 @@ def test_send_batch_without_a_producer_fails_every_message_at_once() -> None:
     (errors,) = calls
     assert sorted(errors) == [0, 1]
     assert "topic not found" in str(errors[0])
+
+
+def test_only_recent_groups_are_kept_before_the_first_failure() -> None:
+    redeliveries = Redeliveries()
+    groups = [[FakeMessage(b"x", mid=FakeId(2, g, i)) for i in range(2)] for g in range(100)]
+    for group in groups:
+        redeliveries.settled(group)
+    redeliveries.attempt(FakeMessage(b"bad", mid=FakeId(3, 0, 0)))
+    remembered = [redeliveries.is_copy(group[0]) for group in groups]
+    assert remembered == [False] * (100 - RECENT_GROUPS) + [True] * RECENT_GROUPS
