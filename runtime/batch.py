@@ -38,14 +38,14 @@ _log = logging.getLogger("pulsarfunc.instance")
 
 BATCH_MAX = 1000  # messages taken from the client per receive
 _GROUPS_IN_FLIGHT = 4  # processed groups whose sends may still be pending
-_BATCH_BUDGET_S = 0.005  # with concurrency: handler time one thread takes per group
+_BATCH_BUDGET_S = 0.005  # handler time a group is sized to take (the latency it adds)
 _RECEIPT_DEADLINE_S = 120.0  # longer than a broker restart takes
 
 NextBatch = Callable[[Source, int], Sequence[InMessage]]
 
 
 class Group:
-    """One received batch on its way: outputs held back, receipts, failures, lazy Works."""
+    """One received batch on its way: its outputs until sent, receipts, failures, lazy Works."""
 
     __slots__ = (
         "began",

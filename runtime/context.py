@@ -8,7 +8,6 @@ the class is a `pulsar.Context`, so code typed against Pulsar's API accepts it.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import logging
 from collections.abc import Mapping
@@ -323,12 +322,6 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
         )
 
     incr_counter = get_counter = del_counter = put_state = get_state = _no_state
-
-
-def input_properties(message: InMessage) -> dict[str, str]:
-    """The properties Pulsar's instance stamps on every output: where it came from."""
-    msg_id = base64.b64encode(message.message_id().serialize()).decode("ascii")
-    return {"__pfn_input_topic__": message.topic_name(), "__pfn_input_msg_id__": msg_id}
 
 
 def bind(ctx: Context | Cursor) -> Any:
