@@ -251,6 +251,9 @@ class Instance:
             _log.warning("receive failed, retrying: %s", exc)
             time.sleep(0.5)
             return ()
+        redeliveries = self._settler.redeliveries
+        if not redeliveries.watching and not self.broker.connected():
+            redeliveries.watch()  # what comes after the reconnect may have been settled here
         if batch:
             batch = self._settler.drop_copies(source, batch)
         if batch:

@@ -8,10 +8,10 @@ handler (and producing outputs) again. Failover and exclusive subscriptions keep
 redelivery count in the broker, so attempts are counted here as well.
 
 Everything is bounded (oldest forgotten first) and keyed by the serialized message id, which
-names the topic partition, ledger, entry and batch index. Until the first failure nothing can
-come back, so settled messages are only kept by reference (the last RECENT_GROUPS groups they
-were settled in, RECENT messages at most: what a few hundred ms of processing settles, where the
-siblings of a message are), and remembered by id from the first failure on.
+names the topic partition, ledger, entry and batch index. Until the first failure or the first
+lost connection nothing can come back, so settled messages are only kept by reference (the last
+RECENT_GROUPS groups they were settled in, RECENT messages at most: what a few hundred ms of
+processing settles, where the siblings of a message are), and by id from then on.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Redeliveries:
         self._settled = _Bounded(limit)
         self._recent: deque[Sequence[InMessage]] = deque()
         self._recent_count = 0
-        self.watching = False  # set by the first nack: only then can copies come back
+        self.watching = False  # set by the first failure or reconnect: copies can come back
 
     @property
     def failing(self) -> bool:
@@ -80,14 +80,23 @@ class Redeliveries:
         with self._lock:
             local = self._attempts.get(key) + 1
             self._attempts.put(key, local)
-            if not self.watching:
-                self.watching = True
-                for group in self._recent:  # their siblings may come back with this one
-                    for settled in group:
-                        self._settled.put(_key(settled))
-                self._recent.clear()
-                self._recent_count = 0
+            self._watch()
         return max(local, msg.redelivery_count() + 1)
+
+    def watch(self) -> None:
+        """From now on copies can come back (a reconnect: what was in flight, and partly
+        acknowledged batches, are delivered again): remember settled messages by id."""
+        with self._lock:
+            self._watch()
+
+    def _watch(self) -> None:
+        if not self.watching:
+            self.watching = True
+            for group in self._recent:  # settled just before: they may come back
+                for settled in group:
+                    self._settled.put(_key(settled))
+            self._recent.clear()
+            self._recent_count = 0
 
     def settled(self, msgs: Sequence[InMessage]) -> None:
         """These messages are done (acked): copies of them are duplicates."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -281,3 +282,17 @@ def test_only_recent_groups_are_kept_before_the_first_failure() -> None:
     redeliveries.attempt(FakeMessage(b"bad", mid=FakeId(3, 0, 0)))
     remembered = [redeliveries.is_copy(group[0]) for group in groups]
     assert remembered == [False] * (100 - RECENT_GROUPS) + [True] * RECENT_GROUPS
+
+
+def test_after_a_lost_connection_redelivered_settled_messages_are_not_processed_again() -> None:
+    broker = FakeBroker()
+    msgs = [FakeMessage(f"m{i}".encode(), mid=FakeId(5, 1, i)) for i in range(5)]
+    broker.feed(*msgs)
+    with started(lambda data: data, broker):
+        wait_for(lambda: len(broker.sources[0].acked) == 5)
+        broker.disconnected = True  # e.g. the broker restarts: its acks may be lost
+        time.sleep(0.2)  # the loop polls the connection on every receive (5 ms here)
+        broker.disconnected = False
+        broker.feed(*(FakeMessage(m.payload, mid=m.mid) for m in msgs))  # delivered again
+        wait_for(lambda: len(broker.sources[0].acked) == 10)
+    assert payloads(broker) == [f"m{i}".encode() for i in range(5)]  # each processed once
