@@ -1,7 +1,9 @@
 """The instance loop: receive, decode, invoke, send, then settle each message by its guarantee.
 
-    receiver thread per source --batch--> dispatch (inline | worker threads | event loop)
-        decode -> Context -> handler -> encode -> broker.send (async, callback)
+    sync handlers: batch mode (batch.py), `concurrency` threads per source, a group each
+        receive -> handler on each -> outputs (outputs.py) -> broker.send_batch, one receipt
+    otherwise: receiver thread per source --batch--> dispatch (worker threads | event loop)
+        decode -> Context -> handler -> encode -> broker.send / send_batch per loop pass
     settle: when the handler is done and every send of the message is persisted
         success -> ack (ATLEAST_ONCE, EFFECTIVELY_ONCE); MANUAL leaves it to context.ack()
         failure -> nack for redelivery, or after the last retry -> dead-letter topic, then ack
@@ -137,8 +139,6 @@ class Instance:
         # N blocking calls run at once. Keyed ordering with concurrency > 1 needs key routing:
         # the sliding window below.
         self.batch_mode = not handler.is_async and (self.concurrency == 1 or not self._keyed)
-        # batch mode with several sources: at most `concurrency` handler calls at a time
-        self._serial = threading.Semaphore(self.concurrency)
         self._slots = threading.Semaphore(self.max_in_flight)
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -288,8 +288,6 @@ class Instance:
     def _start_dispatch(self) -> Dispatch:
         if self.handler.is_async:
             return self._start_event_loop()
-        if self.concurrency == 1 and len(self.broker.sources) == 1:
-            return self._process_sync_all  # inline in the receiver thread: no hand-off at all
         workers = self.concurrency
         nqueues = workers if self._keyed else 1
         self._queues = [queue.SimpleQueue() for _ in range(nqueues)]
@@ -333,10 +331,6 @@ class Instance:
 
     def _decode(self, work: Work) -> tuple[Context, Any]:
         return Context(self.env, work.msg, work), self._decode_value(work.msg)
-
-    def _process_sync_all(self, source: Source, msgs: Sequence[InMessage]) -> None:
-        for msg in msgs:
-            self._process_sync(source, msg)
 
     def _process_sync(self, source: Source, msg: InMessage) -> None:
         work = Work(source, msg)
