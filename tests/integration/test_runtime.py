@@ -294,3 +294,39 @@ def test_async_handler_with_concurrency(pulsar: PulsarBroker) -> None:
         produce(pulsar.service_url, src, [f"w{i}".encode() for i in range(64)])
         got = sink.collect(64, timeout_s=30)
     assert sorted(r.data for r in got) == sorted(f"W{i}".encode() for i in range(64))
+
+
+def test_outputs_the_broker_refuses_fail_their_inputs_to_the_dead_letter_topic(
+    pulsar: PulsarBroker,
+) -> None:
+    """A group's outputs go with one receipt: a refusal must still reach every input.
+
+    The output topic is terminated while the function's producer is open: its sends fail
+    from then on (TopicTerminated), each input is retried once, then dead-lettered.
+    """
+    src, out, dlq = unique_topic("in"), unique_topic("out"), unique_topic("dlq")
+    config = config_for(
+        pulsar.service_url,
+        src,
+        output=out,
+        max_message_retries=1,
+        dead_letter_topic=dlq,
+        redelivery_delay_ms=50,
+    )
+    first = [f"a{i}".encode() for i in range(20)]
+    later = [f"b{i}".encode() for i in range(30)]
+    with (
+        subscribe_first(pulsar.service_url, dlq) as dead,
+        subscribe_first(pulsar.service_url, out) as sink,
+        running(exclaim, config),
+    ):
+        produce(pulsar.service_url, src, first)
+        outputs = sink.collect(20, timeout_s=30)
+        path = out.replace("persistent://", "/admin/v2/persistent/")
+        admin(pulsar.admin_url, "POST", f"{path}/terminate")
+        produce(pulsar.service_url, src, later)
+        letters = dead.collect(30, timeout_s=60)
+        assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
+    assert sorted(r.data for r in outputs) == sorted(m + b"!" for m in first)
+    assert sorted(r.data for r in letters) == sorted(later)  # none lost, none twice
+    assert all("Terminated" in r.properties["pulsarfunc.error.message"] for r in letters)
