@@ -386,8 +386,12 @@ class PulsarBroker:
                 elif len(payload) > _UNTRACKED_MAX_BYTES or (
                     sized and _size(message) > _UNTRACKED_MAX_BYTES
                 ):
-                    receipt.tracking(1)
-                    send(producer, message, functools.partial(receipt.one, position))
+                    receipt.tracking(1)  # before the call: its receipt may come within it
+                    try:
+                        send(producer, message, functools.partial(receipt.one, position))
+                    except Exception:
+                        receipt.tracking(-1)  # refused at the call: no receipt will come
+                        raise
                 elif message.sequence_id is None:  # the common case, inlined: no callback
                     builder = builder_of()
                     builder.content(payload)

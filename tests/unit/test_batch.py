@@ -257,6 +257,15 @@ def test_send_batch_tracks_a_large_message_on_its_own() -> None:
     assert list(errors) == [1]
 
 
+def test_send_batch_with_a_large_message_refused_at_the_call_still_calls_back() -> None:
+    producer = NativeProducer(refuse={bytes(70_000)})
+    calls: list[Mapping[int, Exception]] = []
+    _broker_over(producer).send_batch(_outs(b"a", bytes(70_000), b"c"), calls.append)
+    producer.sent[-1][1](pulsar.Result.Ok, None)
+    (errors,) = calls
+    assert list(errors) == [1]
+
+
 def test_send_batch_with_its_last_message_refused_waits_for_the_rest_by_flush() -> None:
     producer = NativeProducer(refuse={b"c"})
     calls: list[Mapping[int, Exception]] = []
