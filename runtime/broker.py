@@ -374,16 +374,14 @@ class PulsarBroker:
             receipt.refused(range(len(messages)), exc)
             receipt.tail(_OK, None)  # nothing was sent: done, every message failed
             return
-        send, builder_of = self._send_native, _pulsar.MessageBuilder
-        send_async = producer.send_async
+        send = self._send_native
         sized = self._config.forward_source_message_property
         tail = len(messages) - 1
         for position, message in enumerate(messages):
-            payload, props = message.payload, message.properties
             try:
                 if position == tail:
                     send(producer, message, receipt.tail)
-                elif len(payload) > _UNTRACKED_MAX_BYTES or (
+                elif len(message.payload) > _UNTRACKED_MAX_BYTES or (
                     sized and _size(message) > _UNTRACKED_MAX_BYTES
                 ):
                     receipt.tracking(1)  # before the call: its receipt may come within it
@@ -392,17 +390,6 @@ class PulsarBroker:
                     except Exception:
                         receipt.tracking(-1)  # refused at the call: no receipt will come
                         raise
-                elif message.sequence_id is None:  # the common case, inlined: no callback
-                    builder = builder_of()
-                    builder.content(payload)
-                    if props:
-                        for name, value in props.items():
-                            builder.property(name, value)
-                    if message.key:
-                        builder.partition_key(message.key)
-                    if message.event_timestamp:
-                        builder.event_timestamp(message.event_timestamp)
-                    send_async(builder.build(), None)
                 else:
                     send(producer, message, None)
             except Exception as exc:
