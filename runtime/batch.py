@@ -225,31 +225,20 @@ class BatchRunner:
 
     def _send_outputs(self, group: Group) -> None:
         """Send the group's outputs, one batch per producer; each adds one receipt."""
-        if not group.outs:
-            return
-        batches: dict[str | None, list[int]] = {}  # producer -> positions in group.outs
-        if self._counts_outputs:  # effectively-once: a producer per input topic
-            for position, out in enumerate(group.outs):
-                batches.setdefault(out.producer_name, []).append(position)
-        else:
-            batches[None] = list(range(len(group.outs)))
-        for positions in batches.values():
-            self._send_batch(group, positions)
+        if group.outs:
+            for outs, owners in self._outputs.per_producer(group.outs, group.owners):
+                self._send_batch(group, outs, owners)
 
-    def _send_batch(self, group: Group, positions: list[int]) -> None:
+    def _send_batch(self, group: Group, outs: list[OutMessage], owners: list[int]) -> None:
         receipts = group.receipts
         receipts.issued += 1
-        owners = [group.owners[p] for p in positions]
 
         def receipt(errors: Mapping[int, Exception]) -> None:
             for position, error in errors.items():
                 group.send_errors.setdefault(owners[position], error)
             receipts.done.append(None)  # last: settling reads the errors after this
 
-        outs = group.outs
-        self._broker.send_batch(
-            outs if len(positions) == len(outs) else [outs[p] for p in positions], receipt
-        )
+        self._broker.send_batch(outs, receipt)
 
     # -- settling, in group order ------------------------------------------------------------
     def _settle(self, group: Group) -> None:

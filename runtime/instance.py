@@ -152,7 +152,9 @@ class Instance:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_sem: asyncio.Semaphore | None = None
         self._key_tails: dict[str, asyncio.Future[None]] = {}
-        self._outbox: list[tuple[OutMessage, Work | None]] = []  # event loop: outputs to send
+        # event loop: outputs to send, and the Work each settles (None: untracked)
+        self._outbox: list[OutMessage] = []
+        self._outbox_owners: list[Work | None] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(
@@ -426,18 +428,16 @@ class Instance:
         out = self._outputs.build(work.msg, value, work.outputs)
         work.outputs += 1
         tracked = self._track_sends and self._hold(work)
-        self._outbox.append((out, work if tracked else None))
+        self._outbox.append(out)
+        self._outbox_owners.append(work if tracked else None)
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_soon(self._send_outbox)
 
     def _send_outbox(self) -> None:
-        queued, self._outbox = self._outbox, []
-        by_producer: dict[str | None, list[tuple[OutMessage, Work | None]]] = {}
-        for item in queued:
-            by_producer.setdefault(item[0].producer_name, []).append(item)
-        for items in by_producer.values():
-            receipt = functools.partial(self._outbox_sent, [work for _, work in items])
-            self.broker.send_batch([out for out, _ in items], receipt)
+        outs, owners = self._outbox, self._outbox_owners
+        self._outbox, self._outbox_owners = [], []
+        for batch, batch_owners in self._outputs.per_producer(outs, owners):
+            self.broker.send_batch(batch, functools.partial(self._outbox_sent, batch_owners))
 
     def _outbox_sent(self, owners: list[Work | None], errors: Mapping[int, Exception]) -> None:
         """The receipt, on the client's IO thread: settling (acks) goes to the event loop. An

@@ -9,7 +9,7 @@ and a producer named after the input topic, so the broker drops a replayed outpu
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, TypeVar
 
 from pulsarfunc.runtime.codec import Codec, RawCodec
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
@@ -22,6 +22,7 @@ from pulsarfunc.runtime.naming import (
 from pulsarfunc.runtime.transport import InMessage, OutMessage
 
 _b64 = base64.b64encode
+_Owner = TypeVar("_Owner")
 _new = tuple.__new__
 
 
@@ -76,6 +77,20 @@ class Outputs:
             output_sequence_id(mid.ledger_id(), mid.entry_id(), mid.batch_index(), previous),
             effectively_once_producer(self._fqfn, self._instance_id, topic),
         )
+
+    def per_producer(
+        self, outs: list[OutMessage], owners: list[_Owner]
+    ) -> list[tuple[list[OutMessage], list[_Owner]]]:
+        """Outputs with their owners, in order, one batch per producer (what `send_batch`
+        takes). Only effectively-once names a producer per input topic: else one batch."""
+        if not self.effectively_once:
+            return [(outs, owners)]
+        split: dict[str | None, tuple[list[OutMessage], list[_Owner]]] = {}
+        for out, owner in zip(outs, owners, strict=True):
+            batch = split.setdefault(out.producer_name, ([], []))
+            batch[0].append(out)
+            batch[1].append(owner)
+        return list(split.values())
 
     @staticmethod
     def size(out: OutMessage) -> int:
