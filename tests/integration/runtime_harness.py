@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import waiting
+
 from pulsarfunc.runtime.config import FunctionConfig, InputSpec, SubscriptionPosition
 from pulsarfunc.runtime.start import run
 
@@ -102,9 +104,5 @@ def wait_backlog(
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll until `predicate` holds, or fail saying so."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.05)
+    """`waiting.wait_for` at a broker's pace: a longer deadline, fewer polls."""
+    waiting.wait_for(predicate, timeout_s, poll_s=0.05)

@@ -6,7 +6,7 @@ import collections
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pulsarfunc.runtime.transport import (
@@ -203,12 +203,3 @@ class FakeBroker:
 
     def close(self) -> None:
         self.closed = True
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll until `predicate` holds; fail the test with a clear message otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.005)

@@ -10,8 +10,9 @@ from typing import Any
 
 import pulsar
 import pytest
-from fake_broker import FakeBroker, FakeId, FakeMessage, wait_for
+from fake_broker import FakeBroker, FakeId, FakeMessage
 from test_instance import OUT, payloads, started
+from waiting import wait_for
 
 from pulsarfunc import current_context
 from pulsarfunc.runtime.broker import PulsarBroker, _BatchReceipt

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from fake_broker import FakeBroker, FakeMessage, wait_for
+from fake_broker import FakeBroker, FakeMessage
+from waiting import wait_for
 
 from pulsarfunc.runtime.config import FunctionConfig, InputSpec
 from pulsarfunc.runtime.handler import inspect_handler

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_broker import FakeBroker, FakeMessage, wait_for
+from fake_broker import FakeBroker, FakeMessage
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_for
 
 from pulsarfunc.runtime.config import FunctionConfig, InputSpec
 from pulsarfunc.runtime.errors import ConfigError

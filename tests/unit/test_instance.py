@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from fake_broker import FakeBroker, FakeId, FakeMessage, wait_for
+from fake_broker import FakeBroker, FakeId, FakeMessage
+from waiting import wait_for
 
 from pulsarfunc import Context, current_context
 from pulsarfunc.runtime.config import (

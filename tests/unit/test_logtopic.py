@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_broker import FakeBroker, FakeMessage, wait_for
+from fake_broker import FakeBroker, FakeMessage
+from waiting import wait_for
 
 from pulsarfunc.runtime import context as ctxmod
 from pulsarfunc.runtime.config import FunctionConfig

@@ -10,9 +10,10 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
-from fake_broker import FakeBroker, FakeMessage, wait_for
+from fake_broker import FakeBroker, FakeMessage
 from test_instance import OUT
 from test_instance import started as started_instance
+from waiting import wait_for
 
 from pulsarfunc import current_context
 from pulsarfunc.runtime.handler import inspect_handler
