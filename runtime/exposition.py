@@ -174,20 +174,23 @@ class FunctionCollector(Collector):
             created,
             extra_label="metric",
         )
-        dead = CounterMetricFamily(
-            "pulsarfunc_dead_lettered",
-            "Messages sent to the dead-letter topic (pulsarfunc's own; Pulsar has no such metric).",
-            labels=LABEL_NAMES,
+        own = (  # pulsarfunc's own counters: Pulsar has no such metrics
+            (
+                "pulsarfunc_dead_lettered",
+                "Messages sent to the dead-letter topic (pulsarfunc's own; Pulsar has no such "
+                "metric).",
+                now.dead_lettered,
+            ),
+            (
+                "pulsarfunc_redelivered_copies_skipped",
+                "Redelivered copies of messages already settled, acknowledged without processing.",
+                now.copies_skipped,
+            ),
         )
-        dead.add_metric(labels, now.dead_lettered, created=created)
-        yield dead
-        copies = CounterMetricFamily(
-            "pulsarfunc_redelivered_copies_skipped",
-            "Redelivered copies of messages already settled, acknowledged without processing.",
-            labels=LABEL_NAMES,
-        )
-        copies.add_metric(labels, now.copies_skipped, created=created)
-        yield copies
+        for name, text, value in own:
+            counter = CounterMetricFamily(name, text, labels=LABEL_NAMES)
+            counter.add_metric(labels, value, created=created)
+            yield counter
 
 
 def _summary(
