@@ -18,11 +18,16 @@ broker's network), sync and async, at --concurrency 1 and at the default; (c) Pu
 Python instance (python_instance_main.py of $PULSAR_HOME, in a venv of its own under
 ~/.cache/pulsarfunc); (d) cold start, from `docker run` / `pulsarfunc run` to the first output;
 (e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64.
-It prints a table, the ratios b/a and b/c against the targets of issue 7, and writes the same
-to bench/results/latest.md.
+With --baseline REF, the old commit runs beside this tree (issue 12): the same venv python runs
+`python -m pulsarfunc run`, sync and async at the default concurrency, from a git worktree of
+REF first on PYTHONPATH (bench/baseline.py; removed at exit) on this tree's bench/fns, each
+case right after this tree's in every round.
+It prints a table, the ratios b/a and b/c against the targets of issue 7 (with --baseline,
+after/before against those of issue 12), and writes the same to bench/results/latest.md.
 
 Usage (README "Benchmarks"): .venv/bin/python bench/runtime_bench.py
   [--service-url pulsar://127.0.0.1:6650 --admin-url http://127.0.0.1:8080] [--quick]
+  [--only 'A|B'] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import baseline as baseline_tree  # type: ignore[import-not-found]  # bench/ is on sys.path
 import harness  # type: ignore[import-not-found]  # bench/ is on sys.path when run
 from harness import Broker, Cleanup
 
@@ -130,14 +136,20 @@ def _function_flags(
     return flags + (["--concurrency", str(concurrency)] if concurrency else [])
 
 
-def localrun(fn: str, concurrency: int | None, workdir: Path) -> Start:
-    """`pulsarfunc run bench/fns/FN/handler.py:handler` as a user runs it."""
-    pulsarfunc = str(Path(sys.executable).with_name("pulsarfunc"))
+def localrun(
+    fn: str, concurrency: int | None, workdir: Path, baseline: baseline_tree.Baseline | None = None
+) -> Start:
+    """`pulsarfunc run bench/fns/FN/handler.py:handler` as a user runs it; with `baseline`,
+    the baseline worktree's pulsarfunc in the same venv (`python -m pulsarfunc run`)."""
+    if baseline is None:
+        pulsarfunc, env = [str(Path(sys.executable).with_name("pulsarfunc"))], None
+    else:
+        pulsarfunc, env = [sys.executable, "-m", "pulsarfunc"], baseline.env()
 
     def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
         target = f"{FNS / fn / 'handler.py'}:handler"
         flags = _function_flags(broker.service_url, source, sink, sub, concurrency)
-        return _spawn([pulsarfunc, "run", target, *flags], workdir)
+        return _spawn([*pulsarfunc, "run", target, *flags], workdir, env)
 
     return start
 
@@ -296,11 +308,24 @@ def cold_start(broker: Broker, start: Start, repeats: int) -> Figures:
     return figures
 
 
+SYNC_DEFAULT = "b pulsarfunc run, sync, default concurrency"
+ASYNC_DEFAULT = "b pulsarfunc run, async, default concurrency"
+
+
+def baseline_case(short: str, case: str) -> str:
+    """The baseline's case beside this tree's `case` ("b pulsarfunc run, ...")."""
+    return f"b baseline {short}: {case.removeprefix('b ')}"
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 
 def _at_least(value: float | None, target: float) -> bool | None:
     return None if value is None else value >= target
+
+
+def _at_most(value: float | None, target: float) -> bool | None:
+    return None if value is None else value <= target
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -322,49 +347,65 @@ def table(results: dict[str, Figures]) -> list[str]:
     return lines
 
 
+def _ratio(value: float | None, to: float | None) -> float | None:
+    return value / to if value and to else None
+
+
 def verdicts(
-    results: dict[str, Figures], default_concurrency: int, io_cases: dict[str, int]
+    results: dict[str, Figures],
+    default_concurrency: int,
+    io_cases: dict[str, int],
+    baseline: str | None = None,
 ) -> list[str]:
+    """The ratios against the targets of issue 7, and of issue 12 given `baseline` (short sha)."""
+
     def med(name: str, attr: str) -> float | None:
         f = results.get(name)
         return Figures.median(getattr(f, attr)) if f else None
 
-    lines = ["| target (issue 7) | measured | target | verdict |", "| --- | ---: | ---: | --- |"]
+    issues = "issues 7 and 12" if baseline else "issue 7"
+    lines = [f"| target ({issues}) | measured | target | verdict |", "| --- | ---: | ---: | --- |"]
 
     def add(what: str, value: float | None, target: str, ok: bool | None) -> None:
         verdict = "-" if ok is None else ("PASS" if ok else "MISS")
         lines.append(f"| {what} | {_fmt(value, 2)} | {target} | {verdict} |")
 
-    sync_default = "b pulsarfunc run, sync, default concurrency"
     limit, naive = "a limit loop (batched)", "a naive loop"
-    ours, lim, nai = med(sync_default, "rates"), med(limit, "rates"), med(naive, "rates")
+    ours, lim, nai = med(SYNC_DEFAULT, "rates"), med(limit, "rates"), med(naive, "rates")
     pulsar = med("c Pulsar's Python instance", "rates")
-    ratio = ours / lim if ours and lim else None
+    ratio = _ratio(ours, lim)
     add("b/a: sync default vs batched limit (msg/s)", ratio, ">= 0.9", _at_least(ratio, 0.9))
     stamped = med("a limit loop, pulsarfunc's output (stamped)", "rates")
-    ratio = ours / stamped if ours and stamped else None
-    add("b/a: sync default vs the same output by hand (msg/s)", ratio, "(info)", None)
-    ratio = ours / nai if ours and nai else None
+    ratio = _ratio(ours, stamped)
+    by_hand = "sync default vs the same output by hand (msg/s)"
+    if baseline is None:
+        add(f"b/a: {by_hand}", ratio, "(info)", None)
+    else:  # issue 12: the ratio to the stamped limit loop, and after/before in the same run
+        add(f"b/a: {by_hand}", ratio, ">= 0.9", _at_least(ratio, 0.9))
+        before = med(baseline_case(baseline, SYNC_DEFAULT), "rates")
+        add(f"baseline {baseline} b/a: {by_hand}", _ratio(before, stamped), "(info)", None)
+        ratio = _ratio(ours, before)
+        add("after/before: sync default msg/s", ratio, ">= 0.95", _at_least(ratio, 0.95))
+        after = med(ASYNC_DEFAULT, "rates")
+        before = med(baseline_case(baseline, ASYNC_DEFAULT), "rates")
+        add("after/before: async default msg/s", _ratio(after, before), "(info)", None)
+    ratio = _ratio(ours, nai)
     add("b/a: sync default vs naive loop (msg/s)", ratio, "(info)", None)
-    for label, case in (
-        ("image", "b image, sync, default concurrency"),
-        ("async", "b pulsarfunc run, async, default concurrency"),
-    ):
-        value = med(case, "rates")
-        ratio = value / lim if value and lim else None
+    for label, case in (("image", "b image, sync, default concurrency"), ("async", ASYNC_DEFAULT)):
+        ratio = _ratio(med(case, "rates"), lim)
         add(f"b/a: {label} default vs batched limit (msg/s)", ratio, "(info)", None)
-    ratio = ours / pulsar if ours and pulsar else None
+    ratio = _ratio(ours, pulsar)
     add("b/c: sync default vs Pulsar's instance (msg/s)", ratio, ">= 10", _at_least(ratio, 10))
-    p99_ours, p99_lim = med(sync_default, "p99s"), med(limit, "p99s")
+    p99_ours, p99_lim = med(SYNC_DEFAULT, "p99s"), med(limit, "p99s")
     over = p99_ours - p99_lim if p99_ours is not None and p99_lim is not None else None
-    add("p99 overhead over (a), ms", over, "<= 2", over is not None and over <= 2)
+    add("p99 overhead over (a), ms", over, "<= 2", _at_most(over, 2))
     for name in ("d cold start: docker run", "d cold start: pulsarfunc run"):
         value = med(name, "starts")
-        add(f"{name[2:]} to first output, s", value, "<= 1", value is not None and value <= 1)
+        add(f"{name[2:]} to first output, s", value, "<= 1", _at_most(value, 1))
     for name, concurrency in io_cases.items():
         value = med(name, "rates")
         want = 0.8 * concurrency * 100
-        add(f"{name[2:]} (msg/s)", value, f">= {want:,.0f}", value is not None and value >= want)
+        add(f"{name[2:]} (msg/s)", value, f">= {want:,.0f}", _at_least(value, want))
     lines.append(f"\ndefault concurrency: {default_concurrency}")
     return lines
 
@@ -383,11 +424,20 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="1 run, 20k messages (a smoke run)")
     parser.add_argument("--only", default="", help="cases whose name has one of A|B|...")
     parser.add_argument("--keep-images", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="a commit-ish to run beside this tree (from a git worktree), e.g. HEAD~1",
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.repeats, args.seconds = 20_000, 1, 2.0
     settings = Settings(args.messages, args.repeats, args.rate, args.seconds)
+    commits = f"pulsarfunc {baseline_tree.describe(REPO)}"  # what runs, as it starts
+    baseline = baseline_tree.resolve(REPO, args.baseline) if args.baseline else None
+    if baseline is not None:
+        commits += f" beside baseline {baseline.short} (--baseline {args.baseline})"
 
     from pulsarfunc.runtime.config import FunctionConfig
 
@@ -406,9 +456,9 @@ def main(argv: Sequence[str]) -> int:
         ("a limit loop, pulsarfunc's output (stamped)", limit_loop("stamped", workdir), {}),
         ("a naive loop", limit_loop("naive", workdir), {}),
         ("b pulsarfunc run, sync, concurrency 1", localrun("echo", c1, workdir), {}),
-        ("b pulsarfunc run, sync, default concurrency", localrun("echo", dflt, workdir), {}),
+        (SYNC_DEFAULT, localrun("echo", dflt, workdir), {}),
         ("b pulsarfunc run, async, concurrency 1", localrun("echo_async", c1, workdir), {}),
-        ("b pulsarfunc run, async, default concurrency", localrun("echo_async", dflt, workdir), {}),
+        (ASYNC_DEFAULT, localrun("echo_async", dflt, workdir), {}),
         ("b image, sync, concurrency 1", image("echo", c1), {}),
         ("b image, sync, default concurrency", image("echo", dflt), {}),
         ("b image, async, concurrency 1", image("echo_async", c1), {}),
@@ -424,6 +474,11 @@ def main(argv: Sequence[str]) -> int:
             start = localrun(fn, concurrency, workdir)
             cases.append((name, start, {"count": count, "latency": False}))
     cases.append(("b pulsarfunc run, sync, concurrency 16", localrun("echo", 16, workdir), {}))
+    if baseline is not None:  # each right after this tree's case, in every round
+        for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
+            at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
+            start = localrun(fn, dflt, workdir, baseline)
+            cases.insert(at, (baseline_case(baseline.short, case), start, {}))
     cold = [
         ("d cold start: docker run", image("echo", dflt)),
         ("d cold start: pulsarfunc run", localrun("echo", dflt, workdir)),
@@ -431,8 +486,13 @@ def main(argv: Sequence[str]) -> int:
     only = [s for s in args.only.split("|") if s]
     names = [name for name, *_ in cases] + [name for name, _ in cold]
     wanted = {name for name in names if not only or any(s in name for s in only)}
+    if not wanted:
+        parser.error(f"--only {args.only!r} picks none of the cases: {', '.join(names)}")
 
-    print("preparing: broker, images, Pulsar instance venv", flush=True)
+    print("preparing: broker, images, Pulsar instance venv, baseline worktree", flush=True)
+    if baseline is not None and any(name.startswith("b baseline ") for name in wanted):
+        baseline_tree.checkout(REPO, baseline, cleanup)
+        print(f"baseline {baseline.short} ({args.baseline}): {baseline.tree}", flush=True)
     if "c Pulsar's Python instance" in wanted:
         ensure_instance_venv()
     if any("image" in name or "docker run" in name for name in wanted):
@@ -470,7 +530,7 @@ def main(argv: Sequence[str]) -> int:
     header = [
         "# Runtime benchmark",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}: {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}: {commits}; {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, broker "
         f"{harness.admin_get(broker.admin_url, '/admin/v2/brokers/version')} "
         f"({'given' if args.service_url else 'started here'}); {settings.messages:,} messages "
@@ -480,9 +540,12 @@ def main(argv: Sequence[str]) -> int:
         f"{time.monotonic() - began:.0f} s in all.",
         "",
     ]
-    text = "\n".join([*header, *table(results), "", *verdicts(results, default_concurrency, {
-        k: v for k, v in io_cases.items() if k in results
-    })]) + "\n"  # fmt: skip
+    io_run = {k: v for k, v in io_cases.items() if k in results}
+    short = baseline.short if baseline is not None else None
+    text = "\n".join(
+        [*header, *table(results), "", *verdicts(results, default_concurrency, io_run, short)]
+    )
+    text += "\n"
     print()
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
