@@ -29,6 +29,7 @@ commands:
 def _run(argv: Sequence[str]) -> int:
     from pulsarfunc.runtime.discovery import load
     from pulsarfunc.runtime.options import build_parser
+    from pulsarfunc.runtime.resolve import launch
     from pulsarfunc.runtime.start import main_with, report
 
     if not argv or argv[0] in ("-h", "--help"):
@@ -46,7 +47,7 @@ def _run(argv: Sequence[str]) -> int:
     try:
         loaded = load(ref)
     except Exception as exc:
-        return report(exc, debug="--debug" in flags)
+        return report(exc, debug=launch(flags, os.environ).debug)
     return main_with(loaded.obj, flags, os.environ, where=loaded.where)
 
 

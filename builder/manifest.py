@@ -9,7 +9,7 @@ Emits, as one multi-document YAML on stdout:
 - a ConfigMap holding --function-config, when one is given, mounted where the args point.
 
 Pure: flags in, documents out, no Docker and no cluster. The runtime's own flag table parses
-and checks the function flags (`config.resolve_args`), so a manifest never carries a flag the
+and checks the function flags (`resolve.resolve_args`), so a manifest never carries a flag the
 image would refuse. Credentials are never written into a manifest: --auth-token-secret and
 --auth-params-secret name Kubernetes Secrets that the container reads them from.
 """
@@ -28,9 +28,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee, resolve_args
+from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.errors import ConfigError, PulsarFuncError, UserError
 from pulsarfunc.runtime.options import OPTIONS, Option, build_parser
+from pulsarfunc.runtime.resolve import resolve_args
 
 __all__ = ["ManifestOptions", "main", "render"]
 
@@ -100,6 +101,11 @@ def _env(opts: ManifestOptions) -> list[dict[str, Any]]:
     return env
 
 
+def _grace_seconds(config: FunctionConfig) -> int:
+    """Kubernetes' wait before SIGKILL: the runtime's drain deadline and 30 s to close."""
+    return -(-config.drain_timeout_ms // 1000) + 30
+
+
 def deployment(config: FunctionConfig, opts: ManifestOptions) -> dict[str, Any]:
     """The Deployment: one pod per instance, probes and metrics on the metrics port."""
     port = opts.metrics_port
@@ -132,7 +138,7 @@ def deployment(config: FunctionConfig, opts: ManifestOptions) -> dict[str, Any]:
         container["env"] = env
     pod: dict[str, Any] = {
         "containers": [container],
-        "terminationGracePeriodSeconds": 60,  # the runtime drains for up to 30 s on SIGTERM
+        "terminationGracePeriodSeconds": _grace_seconds(config),
     }
     if opts.function_config:
         name = k8s_name(config.name) + "-config"

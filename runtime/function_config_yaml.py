@@ -3,8 +3,9 @@
 `FunctionConfigUtils.convert` is how Pulsar turns this YAML into the FunctionDetails its worker
 hands to instances; doing the same here lets both formats share one mapping to FunctionConfig
 (`formats.details_values`). Values FunctionDetails 4.0 has no field for (`py`, `logLevel`,
-producer batching) come back beside the message. Every value is type-checked on the way in:
-a wrong one is a ConfigError naming the file, the key path, the value and what is allowed.
+producer batching, and pulsarfunc's own `drainTimeoutMs`) come back beside the message. Every
+value is type-checked on the way in: a wrong one is a ConfigError naming the file, the key path,
+the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def details_from_function_config(
 ) -> tuple[pb.FunctionDetails, dict[str, Any]]:
     """FunctionDetails for a function-config mapping, as `FunctionConfigUtils.convert` builds it.
 
-    Also returns the values FunctionDetails has no field for (`py`, `logLevel`, batching).
+    Also returns the values FunctionDetails has no field for (`py`, `logLevel`, batching,
+    `drainTimeoutMs`), keyed by FunctionConfig field path.
     """
     keys = _Keys(data, source)
     details = pb.FunctionDetails(runtime=pb.FunctionDetails.PYTHON)
@@ -56,6 +58,8 @@ def details_from_function_config(
         extras["py"] = py
     if level := keys.text("logLevel"):
         extras["log_level"] = level
+    if (drain := keys.number("drainTimeoutMs", minimum=0)) is not None:  # a pulsarfunc key
+        extras["drain_timeout_ms"] = drain
     if guarantee := keys.choice("processingGuarantees", pb.ProcessingGuarantees.keys()):
         details.processingGuarantees = cast(
             pb.ProcessingGuarantees, pb.ProcessingGuarantees.Value(guarantee)

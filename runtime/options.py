@@ -2,7 +2,8 @@
 
 Every flag `--some-flag` has the environment variable `PULSARFUNC_SOME_FLAG`. This module only
 turns text into typed values (naming the flag or variable when the text is wrong); which value
-wins, and whether the whole makes sense, is `config.resolve`'s job.
+wins, and whether the whole makes sense, is `resolve.resolve`'s job. `parse_bool` is the one
+reading of a boolean word, for every variable and flag value in pulsarfunc.
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ def _integer(raw: str) -> int:
         raise ValueError("not a whole number") from None
 
 
-def _boolean(raw: str) -> bool:
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_bool(raw: str) -> bool:
+    """True or false from one of TRUE_WORDS or FALSE_WORDS (any case); ValueError otherwise."""
     text = raw.strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    if text in TRUE_WORDS:
         return True
-    if text in ("0", "false", "no", "off"):
+    if text in FALSE_WORDS:
         return False
     raise ValueError("not a boolean")
 
@@ -153,7 +159,7 @@ _FILES = "configuration files (lowest precedence, under flags and env vars)"
 
 _TOPIC = "a topic: name, tenant/namespace/name or persistent://tenant/namespace/name"
 _WHOLE = "a whole number"
-_BOOL = "true or false"
+_BOOL = "true or false (also 1/0, yes/no, on/off)"
 
 OPTIONS: tuple[Option, ...] = (
     Option("--service-url", "service_url", _BROKER, "Pulsar service URL", "URL",
@@ -233,6 +239,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--timeout-ms", "timeout_ms", _PROCESSING,
            "longest a handler may take for one message (default: no limit)", "MS",
            "a whole number >= 1", _integer),
+    Option("--drain-timeout-ms", "drain_timeout_ms", _PROCESSING,
+           "longest a graceful stop (SIGTERM) waits for messages in flight before it "
+           "negatively acknowledges the rest", "MS", "a whole number >= 0", _integer),
     Option("--user-config", "user_config", _FUNCTION,
            "user config: a JSON object, or @FILE holding one", "JSON|@FILE",
            'a JSON object, e.g. {"key": "value"}, or @FILE', _json_object),
@@ -344,13 +353,15 @@ def build_parser(prog: str = "pulsarfunc run") -> FlagParser:
 
 
 def _convert(option: Option, raw: str, source: str) -> Any:
-    convert = _boolean if option.kind == "bool" else option.convert
+    """`raw` as the option's type; a bool is only ever text in a variable (the flag has none)."""
+    convert = parse_bool if option.kind == "bool" else option.convert
     try:
         return convert(raw)
     except ValueError as exc:
+        takes = option.env if option.kind == "bool" else option.flag
         raise ConfigError(
             f"{source}: invalid value {raw!r}: {exc}",
-            hint=f"{option.flag} takes {option.allowed or option.metavar}",
+            hint=f"{takes} takes {option.allowed or option.metavar}",
         ) from None
 
 

@@ -23,8 +23,10 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from pulsarfunc.runtime.errors import ConfigError
+from pulsarfunc.runtime.options import parse_bool
+from pulsarfunc.runtime.resolve import ENTRYPOINT, launch
 
-ENTRYPOINT = "/opt/pulsarfunc/entrypoint.py"
+__all__ = ["ENTRYPOINT", "main", "translate"]
 
 # Pulsar flag -> pulsarfunc flag, for flags that take a value.
 _VALUES = {
@@ -39,7 +41,7 @@ _VALUES = {
     "logging_level": "--log-level",
     "cluster_name": "--cluster-name",
 }
-# Pulsar's "true"/"false" flags -> pulsarfunc switches.
+# Pulsar's "true"/"false" flags -> pulsarfunc switches (read with every boolean's words).
 _SWITCHES = {
     "tls_allow_insecure_connection": "--tls-allow-insecure",
     "hostname_verification_enabled": "--tls-hostname-verification",
@@ -112,9 +114,21 @@ def translate(argv: Sequence[str]) -> list[str]:
         if value:
             out += [flag, value]
     for name, flag in _SWITCHES.items():
-        if str(values.get(name) or "").lower() == "true":
+        if _switch(name, values.get(name)):
             out.append(flag)
     return out
+
+
+def _switch(name: str, raw: str | None) -> bool:
+    """A Pulsar "true"/"false" flag's value; unset or empty is false."""
+    if not raw or not raw.strip():
+        return False
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise ConfigError(
+            f"--{name} {raw!r}: not a boolean", f"--{name} takes true or false"
+        ) from None
 
 
 def _identity_flags(details: str) -> list[str]:
@@ -141,5 +155,5 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except ConfigError as exc:
         print(f"pulsarfunc: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
-    entrypoint = os.environ.get("PULSARFUNC_ENTRYPOINT", ENTRYPOINT)
+    entrypoint = launch(args, os.environ).entrypoint
     os.execv(sys.executable, [sys.executable, entrypoint, *args])

@@ -137,16 +137,19 @@ def main_with(
     where: str = "",
     prog: str = "pulsarfunc run",
 ) -> int:
-    """A function program's main: resolve config from argv/env, run; returns the exit code."""
-    from pulsarfunc.runtime.config import resolve
+    """A function program's main: resolve config from argv/env, run; returns the exit code.
 
-    debug = "--debug" in argv or env.get("PULSARFUNC_DEBUG", "").lower() in ("1", "true", "yes")
+    `prog` names the program in `--help` unless PULSARFUNC_PROG does.
+    """
+    from pulsarfunc.runtime.resolve import launch, resolve  # YAML and protobuf: only for main
+
+    settings = launch(argv, env, default_prog=prog)
     try:
         spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
-        config = resolve(argv, env, prog=prog)
+        config = resolve(argv, env, prog=settings.prog)
         run(spec, config, env=env, where=where)
     except Exception as exc:
-        return report(exc, debug=debug)
+        return report(exc, debug=settings.debug)
     return 0
 
 
@@ -160,7 +163,7 @@ def start(handler: Any, config: FunctionConfig | None = None) -> None:
     if config is not None:
         run(handler, config, env=os.environ)
         return
-    prog = os.environ.get("PULSARFUNC_PROG") or os.path.basename(sys.argv[0]) or "pulsarfunc"
+    prog = os.path.basename(sys.argv[0]) or "pulsarfunc"
     hard_exit(main_with(handler, sys.argv[1:], os.environ, prog=prog))
 
 

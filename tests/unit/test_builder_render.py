@@ -15,6 +15,7 @@ from pulsarfunc.builder.render import (
     render_function,
     render_template,
 )
+from pulsarfunc.runtime.options import parse_bool
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -34,7 +35,7 @@ VALUES = FunctionValues(
 
 def _check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if os.environ.get("PULSARFUNC_UPDATE_GOLDEN") == "1":
+    if parse_bool(os.environ.get("PULSARFUNC_UPDATE_GOLDEN") or "false"):
         path.write_text(text)
     assert text == path.read_text(), f"{name} changed; PULSARFUNC_UPDATE_GOLDEN=1 rewrites it"
 

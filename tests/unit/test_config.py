@@ -1,4 +1,4 @@
-"""config.resolve: every flag and its env var, precedence, --help, and errors that name the flag."""
+"""resolve: every flag and its env var, precedence, --help, and errors that name the flag."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from pulsarfunc.runtime.config import (
     ProcessingGuarantee,
     SubscriptionPosition,
     SubscriptionType,
-    resolve,
-    resolve_args,
 )
 from pulsarfunc.runtime.errors import ConfigError, UserError
 from pulsarfunc.runtime.options import OPTIONS, build_parser
+from pulsarfunc.runtime.resolve import resolve, resolve_args
 
 IN = ["--inputs", "in"]  # every resolve needs an input
 IN_ENV = {"PULSARFUNC_INPUTS": "in"}
@@ -76,6 +75,7 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--dead-letter-topic", "dlq", "dead_letter_topic", "persistent://public/default/dlq"),
     ("--redelivery-delay-ms", "250", "redelivery_delay_ms", 250),
     ("--timeout-ms", "5000", "timeout_ms", 5000),
+    ("--drain-timeout-ms", "0", "drain_timeout_ms", 0),
     ("--user-config", '{"a": [1, 2]}', "user_config", {"a": [1, 2]}),
     ("--secrets", '{"pw": "PASSWORD_VAR"}', "secrets", {"pw": "PASSWORD_VAR"}),
     ("--log-level", "warn", "log_level", "WARNING"),
@@ -314,6 +314,9 @@ ERRORS: list[tuple[list[str], dict[str, str], list[str]]] = [
     ([*IN, "--metrics-port", "70000"], {}, ["--metrics-port", "70000", "0-65535"]),
     ([*IN, "--max-message-retries", "-1"], {}, ["--max-message-retries", ">= 0"]),
     ([*IN, "--timeout-ms", "0"], {}, ["--timeout-ms", ">= 1"]),
+    ([*IN, "--drain-timeout-ms", "-1"], {}, ["--drain-timeout-ms", "is -1", ">= 0"]),
+    ([], {**IN_ENV, "PULSARFUNC_DRAIN_TIMEOUT_MS": "soon"},
+     ["PULSARFUNC_DRAIN_TIMEOUT_MS", "'soon'", "whole number"]),
     ([*IN, "--redelivery-delay-ms", "-5"], {}, ["--redelivery-delay-ms", ">= 0"]),
     ([*IN, "--service-url", "localhost:6650"], {},
      ["--service-url", "'localhost:6650'", "pulsar://"]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulsarfunc.runtime.config import normalize_topic
+from pulsarfunc.runtime.resolve import normalize_topic
 
 NAMES = [
     ("my-topic", "persistent://public/default/my-topic"),

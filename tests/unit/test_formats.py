@@ -18,11 +18,11 @@ from pulsarfunc.runtime.config import (
     ProducerSettings,
     SubscriptionPosition,
     SubscriptionType,
-    resolve,
 )
 from pulsarfunc.runtime.errors import ConfigError
 from pulsarfunc.runtime.formats import parse_details
 from pulsarfunc.runtime.function_config_yaml import details_from_function_config
+from pulsarfunc.runtime.resolve import resolve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 P = "persistent://public/default/"

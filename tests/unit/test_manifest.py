@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pulsarfunc.builder.manifest import k8s_name, main
-from pulsarfunc.runtime.config import resolve
+from pulsarfunc.runtime.resolve import resolve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 K8S_VERSION = "1.30.0"

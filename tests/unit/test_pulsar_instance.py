@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pulsarfunc.runtime.config import resolve
 from pulsarfunc.runtime.errors import ConfigError
 from pulsarfunc.runtime.pulsar_instance import translate
+from pulsarfunc.runtime.resolve import resolve
 
 DETAILS = {
     "tenant": "acme",
