@@ -6,8 +6,9 @@
         result = run_function(handler, ["pulsar"], user_config={"greeting": "hi"})
         assert result.outputs == ["hi pulsar"]
 
-The handler is checked and called exactly as the runtime calls it (same forms and argument
-order, same codecs, the real `Context`), one input at a time, in order. Each input is what a
+The handler is checked and called through the runtime's own invocation core
+(`pulsarfunc.runtime.invoke`: same forms and argument order, same codecs, the real `Context`,
+the configured timeout), one input at a time, in order. Each input is what a
 producer would send: bytes as they are, str as UTF-8, dict/list/dataclass as JSON (wrap it in
 `Message` to give it a key, properties or a topic); it is decoded by the handler's input codec,
 and each output is encoded by its output codec, so a payload the runtime would refuse fails here
@@ -28,12 +29,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pulsarfunc.runtime import context as ctxmod
-from pulsarfunc.runtime.codec import AUTO, Codec, pulsar_serde
-from pulsarfunc.runtime.config import FunctionConfig, InputSpec, ProcessingGuarantee
+from pulsarfunc.runtime.codec import AUTO
+from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import Context, FunctionEnv
 from pulsarfunc.runtime.handler import Handler, inspect_handler
+from pulsarfunc.runtime.invoke import Invoker
+from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.start import complete
+from pulsarfunc.runtime.tracker import Ticket
+from pulsarfunc.runtime.transport import InMessage, OutMessage
 
 __all__ = ["Call", "Message", "Published", "Result", "run_function"]
 
@@ -175,32 +179,53 @@ class _InMessage:
         return self.message.redelivery_count
 
 
-class _Services:
-    """The instance side of a Context, recording instead of talking to a broker."""
+class _Source:
+    """Where the inputs came from: acknowledgements are recorded on their calls."""
 
     def __init__(self, calls: list[Call]) -> None:
         self.calls = calls
+
+    def ack(self, message: InMessage) -> None:
+        assert isinstance(message, _InMessage)
+        self.calls[message.mid.entry].acked = True
+
+    def ack_all(self, messages: Sequence[InMessage]) -> None:
+        for message in messages:
+            self.ack(message)
+
+    def nack(self, message: InMessage) -> None:
+        """A failed input is not redelivered here."""
+
+
+class _Services:
+    """The instance side of a Context, recording instead of talking to a broker."""
+
+    def __init__(self) -> None:
         self.published: list[Published] = []
         self.metrics: dict[str, list[float]] = {}
 
     def publish(
-        self,
-        owner: Any,
-        topic: str,
-        payload: bytes,
-        key: str | None,
-        properties: Mapping[str, str] | None,
-        event_timestamp: int | None,
+        self, ticket: Ticket | None, message: OutMessage
     ) -> concurrent.futures.Future[None]:
+        call = ticket.msg.message_id().entry_id() if ticket is not None else -1
         self.published.append(
-            Published(topic, payload, key, dict(properties or {}), event_timestamp, owner)
+            Published(
+                message.topic,
+                message.payload,
+                message.key,
+                dict(message.properties or {}),
+                message.event_timestamp,
+                call,
+            )
         )
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         done.set_result(None)
         return done
 
-    def ack(self, owner: Any) -> None:
-        self.calls[owner].acked = True
+    def ack(self, ticket: Ticket | None) -> None:
+        if ticket is not None and not ticket.acked:
+            ticket.acked = True
+            ticket.source.ack(ticket.msg)
 
     def record_metric(self, name: str, value: float) -> None:
         self.metrics.setdefault(name, []).append(value)
@@ -229,7 +254,7 @@ def run_function(
 ) -> Result:
     """Call `handler` on each input in turn, as the runtime would; see the module docstring.
 
-    `config` sets everything else the Context shows (name, topics, guarantee, ...);
+    `config` sets everything else the Context shows (name, topics, guarantee, timeout, ...);
     `user_config` is merged over its user config; `secrets` maps secret names to values.
     Acknowledgements follow the guarantee: ATLEAST_ONCE and EFFECTIVELY_ONCE ack an input when
     the handler succeeds, ATMOST_ONCE acks every input on receipt, MANUAL only on context.ack().
@@ -240,7 +265,7 @@ def run_function(
         base = dataclasses.replace(base, user_config={**base.user_config, **user_config})
     cfg = complete(base, spec)
     calls: list[Call] = []
-    services = _Services(calls)
+    services = _Services()
     logger = logging.getLogger(f"pulsarfunc.function.{cfg.name}")
     given = dict(secrets or {})
     env = FunctionEnv(cfg, services, logger, lambda name: given.get(name))
@@ -265,28 +290,27 @@ def _run(
     raise_errors: bool,
 ) -> None:
     default_topic = cfg.inputs[0].topic if cfg.inputs else DEFAULT_INPUT
-    output_codec = (
-        pulsar_serde(cfg.output_serde_class_name) if cfg.output_serde_class_name else None
-    ) or spec.output_codec
+    invoker = Invoker.for_config(spec, cfg)
+    outputs = Outputs.for_config(cfg, spec)
     guarantee = cfg.processing_guarantee
-    with _Invoker(spec) as invoke:
+    source = _Source(calls)
+    with _Loop(spec.is_async) as call:
         for i, item in enumerate(inputs):
             message = item if isinstance(item, Message) else Message(item)
             topic = message.topic or default_topic
             raw = _InMessage(AUTO.encode(message.value), message, topic, _Id(i))
-            call = Call(input=None, acked=guarantee is ProcessingGuarantee.ATMOST_ONCE)
-            calls.append(call)
-
-            def emit(out: Any, call: Call = call) -> None:
-                if out is not None:
-                    call.payloads.append(output_codec.encode(out))
-                    call.outputs.append(out)
-
+            ticket = Ticket(source, raw)
+            result = Call(input=None)
+            calls.append(result)
+            if guarantee is ProcessingGuarantee.ATMOST_ONCE:
+                source.ack(raw)
             try:
-                call.input = _input_codec(spec, cfg, topic).decode(raw.payload)
-                invoke(Context(env, raw, i), call.input, emit)
+                result.input = invoker.decode(raw)
+                for out in call(invoker, Context(env, raw, ticket), result.input):
+                    result.payloads.append(outputs.encode(out))
+                    result.outputs.append(out)
             except Exception as exc:
-                call.error = exc
+                result.error = exc
                 if raise_errors:
                     raise
                 continue
@@ -294,68 +318,32 @@ def _run(
                 ProcessingGuarantee.ATLEAST_ONCE,
                 ProcessingGuarantee.EFFECTIVELY_ONCE,
             ):
-                call.acked = True
+                source.ack(raw)
 
 
-Emit = Callable[[Any], None]
+class _Loop:
+    """Calls the handler through the runtime's invocation core; async handlers on one event
+    loop of their own, on its own thread (one loop for every input, as in the runtime), so a
+    test may call `run_function` from inside a running loop (an async test) too."""
 
-
-class _Invoker:
-    """Calls the handler with the Context bound; async handlers on one event loop of their own.
-
-    As in the runtime, the loop runs on its own thread, one loop for every input, so a test may
-    call `run_function` from inside a running loop (an async test) too.
-    """
-
-    def __init__(self, spec: Handler) -> None:
-        self._spec = spec
-        self._loop: asyncio.AbstractEventLoop | None = None
+    def __init__(self, is_async: bool) -> None:
+        self._loop = asyncio.new_event_loop() if is_async else None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Callable[[Context, Any, Emit], None]:
-        if not self._spec.is_async:
-            return self._call
-        loop = self._loop = asyncio.new_event_loop()
+    def __enter__(self) -> Callable[[Invoker, Context, Any], list[Any]]:
+        if self._loop is None:
+            return lambda invoker, ctx, value: invoker.call(ctx, value)
+        loop = self._loop
         self._thread = threading.Thread(target=loop.run_forever, name="pf-test-loop", daemon=True)
         self._thread.start()
-        return self._call_async
+
+        def call(invoker: Invoker, ctx: Context, value: Any) -> list[Any]:
+            return asyncio.run_coroutine_threadsafe(invoker.call_async(ctx, value), loop).result()
+
+        return call
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
-
-    def _call(self, ctx: Context, value: Any, emit: Emit) -> None:
-        token = ctxmod.bind(ctx)
-        try:
-            result = self._spec.call(ctx, value)
-            for out in result if self._spec.yields else (result,):
-                emit(out)
-        finally:
-            ctxmod.unbind(token)
-
-    def _call_async(self, ctx: Context, value: Any, emit: Emit) -> None:
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._async(ctx, value, emit), self._loop).result()
-
-    async def _async(self, ctx: Context, value: Any, emit: Emit) -> None:
-        token = ctxmod.bind(ctx)
-        try:
-            result = self._spec.call(ctx, value)
-            if self._spec.is_async_gen:
-                async for out in result:
-                    emit(out)
-            else:
-                emit(await result)
-        finally:
-            ctxmod.unbind(token)
-
-
-def _input_codec(spec: Handler, cfg: FunctionConfig, topic: str) -> Codec:
-    """The handler's codec, unless the configuration names a serde for the topic (as Pulsar)."""
-    configured: dict[str, InputSpec] = {s.topic: s for s in cfg.inputs if not s.is_regex}
-    named = configured.get(topic)
-    if named is not None and named.serde_class_name:
-        return pulsar_serde(named.serde_class_name)
-    return spec.input_codec

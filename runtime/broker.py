@@ -1,9 +1,12 @@
 """The Broker seam implemented with pulsar-client: the only module that talks to Pulsar.
 
-Inputs share one subscription: one consumer takes every plain topic, and each regex pattern
-has a consumer of its own (pulsar-client subscribes to either a list or one pattern).
-Producers are created lazily, one per (topic, producer name), with sends that never time out
-(as Pulsar's own instance does) so a broker restart delays output instead of failing it.
+Inputs share one subscription: one consumer takes the plain topics of one receiver queue size
+(per input `receiverQueueSize`, else --receiver-queue-size), and each regex pattern has a
+consumer of its own (pulsar-client subscribes to either a list or one pattern). Producers are
+one per (topic, producer name), with sends that never time out (as Pulsar's own instance does)
+so a broker restart delays output instead of failing it: the output's and the dead-letter
+topic's are opened at start (`open_producer`), others on first use, never from a callback.
+Named (effectively-once) producers are closed once idle.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import functools
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -21,6 +25,7 @@ import pulsar
 from pulsarfunc.runtime.config import (
     CompressionType,
     FunctionConfig,
+    ProcessingGuarantee,
     SubscriptionPosition,
     SubscriptionType,
 )
@@ -51,12 +56,11 @@ _COMPRESSION = {
 _OK = pulsar.Result.Ok
 _UNTRACKED_MAX_BYTES = 64 * 1024  # larger messages get a receipt each in send_batch
 _RECEIVE_TIMEOUT_MS = 100  # how long a receive waits before the loop checks for shutdown
+_IDLE_PRODUCER_S = 120.0  # a named (effectively-once) producer unused this long is closed
 
 
 def consumer_type(config: FunctionConfig) -> SubscriptionType:
     """The subscription type actually used, by the rules of Pulsar's own instance."""
-    from pulsarfunc.runtime.config import ProcessingGuarantee
-
     if (
         config.retain_ordering
         or config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
@@ -246,6 +250,7 @@ class PulsarBroker:
         self._config = config
         self._producers: dict[tuple[str, str | None], Any] = {}
         self._natives: dict[tuple[str, str | None], Any] = {}  # what send uses: no wrapper
+        self._used: dict[tuple[str, str | None], float] = {}  # named producers: last send
         self._producers_lock = threading.Lock()
         self._push_wanted = threading.Event()
         self._closing = False
@@ -266,7 +271,6 @@ class PulsarBroker:
         common: dict[str, Any] = {
             "subscription_name": config.subscription_name,
             "consumer_type": _CONSUMER_TYPES[consumer_type(config)],
-            "receiver_queue_size": config.receiver_queue_size,
             "negative_ack_redelivery_delay_ms": config.redelivery_delay_ms,
             "initial_position": (
                 pulsar.InitialPosition.Earliest
@@ -281,17 +285,31 @@ class PulsarBroker:
             # message that come back are acknowledged on arrival instead (redelivery.py).
             "batch_index_ack_enabled": False,
         }
-        topics = [spec.topic for spec in config.inputs if not spec.is_regex]
-        patterns = [spec.topic for spec in config.inputs if spec.is_regex]
+        # One consumer per receiver queue size for plain topics (one list each), and one per
+        # pattern (the client takes one pattern per consumer).
+        by_queue: dict[int, list[str]] = {}
+        patterns: list[tuple[str, int]] = []
+        for spec in config.inputs:
+            size = (
+                config.receiver_queue_size
+                if spec.receiver_queue_size is None
+                else spec.receiver_queue_size
+            )
+            if spec.is_regex:
+                patterns.append((spec.topic, size))
+            else:
+                by_queue.setdefault(size, []).append(spec.topic)
         consumers = []
-        if topics:
-            consumers.append(_Consumer(self._client.subscribe(topics, **common)))
-        for pattern in patterns:  # the client takes one pattern per consumer
+        for size, topics in by_queue.items():
+            consumer = self._client.subscribe(topics, **common, receiver_queue_size=size)
+            consumers.append(_Consumer(consumer))
+        for pattern, size in patterns:
             try:
                 regex = re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(f"invalid topics pattern {pattern!r}: {exc}") from exc
-            consumers.append(_Consumer(self._client.subscribe(regex, **common)))
+            consumer = self._client.subscribe(regex, **common, receiver_queue_size=size)
+            consumers.append(_Consumer(consumer))
         return consumers
 
     def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
@@ -310,11 +328,40 @@ class PulsarBroker:
 
     def _pusher(self) -> None:
         while True:
-            self._push_wanted.wait()
+            wanted = self._push_wanted.wait(_IDLE_PRODUCER_S / 4)
             if self._closing:
                 return
-            self._push_wanted.clear()
-            self.flush()
+            if wanted:
+                self._push_wanted.clear()
+                self.flush()
+            self._close_idle_named()
+
+    def _close_idle_named(self) -> None:
+        """Close named (effectively-once) producers unused for _IDLE_PRODUCER_S: one exists per
+        input partition and ledger, and closing frees its name for the instance that takes
+        the partition over after a failover."""
+        cutoff = time.monotonic() - _IDLE_PRODUCER_S
+        with self._producers_lock:
+            idle = [key for key, used in self._used.items() if used < cutoff]
+            closing = [(key, self._producers.pop(key)) for key in idle]
+            for key in idle:
+                del self._used[key], self._natives[key]
+        for key, producer in closing:
+            try:
+                producer.close()  # waits for its pending sends
+            except pulsar.PulsarException as exc:
+                _log.debug("closing idle producer %s: %s", key[1], exc)
+
+    def open_producer(self, topic: str) -> None:
+        """See `Broker.open_producer`: the start fails here, not at the first output."""
+        try:
+            self._producer(topic, None)
+        except pulsar.PulsarException as exc:
+            raise BrokerError(
+                f"cannot produce to {topic}: the broker refused: {type(exc).__name__}: {exc}",
+                "create the topic (or allow auto-creation in its namespace), and check that "
+                "these credentials may produce to it",
+            ) from exc
 
     def _producer(self, topic: str, name: str | None) -> Any:
         """The client's native producer for (topic, name), created on first use."""
@@ -421,14 +468,19 @@ class PulsarBroker:
         producer.send_async(builder.build(), done)
 
     def _native_producer(self, message: OutMessage) -> Any:
-        producer = self._natives.get((message.topic, message.producer_name))
+        key = (message.topic, message.producer_name)
+        producer = self._natives.get(key)
         if producer is None:
             producer = self._producer(message.topic, message.producer_name)
+        if message.producer_name is not None:
+            self._used[key] = time.monotonic()
         return producer
 
     def connected(self) -> bool:
         try:
-            return all(source.native.is_connected() for source in self._sources)
+            return all(source.native.is_connected() for source in self._sources) and all(
+                producer.is_connected() for producer in list(self._natives.values())
+            )
         except pulsar.PulsarException:
             return False
 

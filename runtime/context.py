@@ -9,33 +9,32 @@ the class is a `pulsar.Context`, so code typed against Pulsar's API accepts it.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pulsarfunc.runtime.compat import PulsarContext
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.errors import PulsarFuncError, UserError
 from pulsarfunc.runtime.naming import pulsar_sequence_id
-from pulsarfunc.runtime.transport import InMessage, MessageId
+from pulsarfunc.runtime.transport import InMessage, MessageId, OutMessage
+
+if TYPE_CHECKING:
+    from pulsarfunc.protos.Function_pb2 import FunctionDetails
+    from pulsarfunc.runtime.tracker import Ticket
 
 
 class Services(Protocol):
-    """What a Context needs from the running instance (the instance implements it)."""
+    """What a Context needs from the running instance (or from `pulsarfunc.testing`)."""
 
     def publish(
-        self,
-        owner: Any,
-        topic: str,
-        payload: bytes,
-        key: str | None,
-        properties: Mapping[str, str] | None,
-        event_timestamp: int | None,
+        self, ticket: Ticket | None, message: OutMessage
     ) -> concurrent.futures.Future[None]: ...
 
-    def ack(self, owner: Any) -> None: ...
+    def ack(self, ticket: Ticket | None) -> None: ...
 
     def record_metric(self, name: str, value: float) -> None: ...
 
@@ -46,6 +45,10 @@ class SecretsProvider(Protocol):
     def __call__(self, name: str) -> str | None: ...
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 @dataclass(frozen=True)
 class FunctionEnv:
     """What every Context of one instance shares."""
@@ -54,31 +57,37 @@ class FunctionEnv:
     services: Services
     logger: logging.Logger
     secrets: SecretsProvider
+    started: datetime.datetime = field(default_factory=_now)  # when the instance started
 
 
 class Cursor:
-    """Where a batch-mode thread is: its current message, with a Context made on first use.
+    """Where a batch engine's thread is: its current message, with a Context made on first use.
 
     Bound once per thread instead of a Context per message, so a handler that takes no
     Context pays nothing for one; `current_context()` still returns the message's Context.
-    The loop sets `owner_of` (index -> the message's owner, a Work) per group and then, per
-    message, `index` and `ctx = None`.
+    The engine points it at a group (`enter`), the invocation core moves `index` along.
     """
 
-    __slots__ = ("ctx", "env", "index", "owner_of")
+    __slots__ = ("ctx", "env", "index", "msgs", "ticket_of")
 
     def __init__(self, env: FunctionEnv) -> None:
         self.env = env
-        self.owner_of: Any = None  # None: not inside a group
+        self.msgs: Sequence[InMessage] = ()
+        self.ticket_of: Callable[[int], Ticket] | None = None  # None: not inside a group
         self.index = 0
         self.ctx: Context | None = None
 
+    def enter(self, msgs: Sequence[InMessage], ticket_of: Callable[[int], Ticket]) -> None:
+        self.msgs, self.ticket_of, self.index, self.ctx = msgs, ticket_of, 0, None
+
+    def leave(self) -> None:
+        self.msgs, self.ticket_of, self.ctx = (), None, None
+
     def context(self) -> Context:
         if self.ctx is None:
-            if self.owner_of is None:
+            if self.ticket_of is None:
                 raise _outside()
-            owner = self.owner_of(self.index)
-            self.ctx = Context(self.env, owner.msg, owner)
+            self.ctx = Context(self.env, self.msgs[self.index], self.ticket_of(self.index))
         return self.ctx
 
 
@@ -103,12 +112,14 @@ def current_context() -> Context:
 class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no type hints
     """The function's view of itself and of the message it is processing."""
 
-    __slots__ = ("_env", "_message", "_owner")
+    __slots__ = ("_env", "_message", "_ticket")
 
-    def __init__(self, env: FunctionEnv, message: InMessage | None, owner: Any = None) -> None:
+    def __init__(
+        self, env: FunctionEnv, message: InMessage | None, ticket: Ticket | None = None
+    ) -> None:
         self._env = env
         self._message = message
-        self._owner = owner
+        self._ticket = ticket
 
     # -- identity (PIP-32) -------------------------------------------------------------
     @property
@@ -158,6 +169,24 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
     def logger(self) -> logging.Logger:
         return self._env.logger
 
+    @property
+    def start_time(self) -> datetime.datetime:
+        """When this function instance started (UTC), as PIP-32's `GetStartTime`."""
+        return self._env.started
+
+    @property
+    def function_config(self) -> FunctionConfig:
+        """The resolved configuration of this instance (frozen: read-only)."""
+        return self._env.config
+
+    @property
+    def function_details(self) -> FunctionDetails:
+        """The resolved configuration as Pulsar's FunctionDetails message (a copy: changing
+        it changes nothing)."""
+        from pulsarfunc.runtime.details import function_details
+
+        return function_details(self._env.config)
+
     # -- the current message -------------------------------------------------------------
     @property
     def message(self) -> InMessage:
@@ -189,7 +218,9 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
 
     @property
     def redelivery_count(self) -> int:
-        return self.message.redelivery_count()
+        """Times the message was delivered before, by the broker or tried again here."""
+        local = self._ticket.attempts if self._ticket is not None else 0
+        return max(self.message.redelivery_count(), local)
 
     # -- actions ---------------------------------------------------------------------------
     def publish(
@@ -216,14 +247,14 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
         enc = codec.pulsar_serde(serde_class_name) if serde_class_name else codec.AUTO
         props = dict(conf.get("properties") or {})
         props.update(properties or {})
-        future = self._env.services.publish(
-            self._owner,
+        out = OutMessage(
             topic_name,
             enc.encode(message),
             key if key is not None else conf.get("partition_key"),
             props or None,
             conf.get("event_timestamp"),
         )
+        future = self._env.services.publish(self._ticket, out)
         if callback is not None:
             future.add_done_callback(lambda f: callback(f.exception(), None))
         return future
@@ -231,7 +262,7 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
     def ack(self, msgid: Any = None, topic: Any = None) -> None:
         """Acknowledge the current message (MANUAL processing guarantee)."""
         del msgid, topic  # Pulsar's signature; the current message is the one acknowledged
-        self._env.services.ack(self._owner)
+        self._env.services.ack(self._ticket)
 
     def record_metric(self, metric_name: str, metric_value: float) -> None:
         self._env.services.record_metric(metric_name, float(metric_value))
@@ -279,6 +310,15 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
 
     def get_logger(self) -> logging.Logger:
         return self.logger
+
+    def get_start_time(self) -> datetime.datetime:
+        return self.start_time
+
+    def get_function_config(self) -> FunctionConfig:
+        return self.function_config
+
+    def get_function_details(self) -> FunctionDetails:
+        return self.function_details
 
     def get_secret(self, secret_name: str) -> str | None:
         return self.secret(secret_name)

@@ -5,6 +5,7 @@
     │   ├── ConfigError        a flag, env var, config file or FunctionDetails value
     │   └── HandlerError       a handler that cannot be loaded or has an unusable signature
     ├── PayloadError           one message cannot be decoded or its output encoded
+    ├── HandlerCancelledError  an async handler raised asyncio.CancelledError: fails its message
     └── BrokerError            the Pulsar client failed (connect, subscribe, produce)
 
 Builder errors (`pulsarfunc.builder.errors`) hang under the same root.
@@ -44,6 +45,11 @@ class HandlerError(UserError):
 
 class PayloadError(PulsarFuncError):
     """A message payload that cannot be decoded, or an output that cannot be encoded."""
+
+
+class HandlerCancelledError(PulsarFuncError):
+    """An async handler raised `asyncio.CancelledError`: a failure of its message, like any
+    exception, instead of a task that ends without its message being settled."""
 
 
 class BrokerError(PulsarFuncError):

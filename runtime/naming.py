@@ -28,10 +28,17 @@ def function_id(fqfn: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pulsar-function:{fqfn}"))
 
 
-def effectively_once_producer(fqfn: str, instance_id: int, input_topic: str) -> str:
-    """One named producer per input topic, so its sequence ids only ever increase."""
-    raw = f"{fqfn}-{instance_id}-{input_topic}"
-    return re.sub(r"[^A-Za-z0-9._-]", "_", raw)
+def effectively_once_producer(fqfn: str, input_topic: str, ledger_id: int) -> str:
+    """The producer of one function's outputs of one input topic partition's ledger.
+
+    Named after the input partition, as Pulsar's Java instance names it (`<partition>-0`), so
+    the broker's deduplication state follows the partition from instance to instance on a
+    failover; with the function's name, so two functions never share that state; and with the
+    ledger, so that a sequence id only needs to count within one ledger (`output_sequence_id`)
+    and fits 63 bits whatever the ledger id. Injective: the name has no "@" and the ledger is
+    digits, so the two separators are found again.
+    """
+    return f"{fqfn}@{input_topic}@{ledger_id}"
 
 
 def pulsar_sequence_id(ledger_id: int, entry_id: int) -> int:
@@ -40,15 +47,28 @@ def pulsar_sequence_id(ledger_id: int, entry_id: int) -> int:
 
 
 MAX_OUTPUTS_PER_INPUT = 16  # effectively-once: outputs one input may produce
+_OUTPUT_BITS = 4  # MAX_OUTPUTS_PER_INPUT
+_BATCH_BITS = 19  # messages of one producer batch: up to 524,287
+_ENTRY_BITS = 63 - _BATCH_BITS - _OUTPUT_BITS  # entries of one ledger: up to 2**40
 
 
-def output_sequence_id(ledger_id: int, entry_id: int, batch_index: int, output_index: int) -> int:
-    """A dedup sequence id for the n-th output of one input, increasing in input order.
+def output_sequence_id(entry_id: int, batch_index: int, output_index: int) -> int:
+    """The dedup sequence id of the n-th output of one input, within its ledger's producer.
 
-    Pulsar's own id (ledger << 28 | entry) is the same for every message of a producer batch,
-    so the broker would drop all but the first; the batch index (10 bits) and the output index
-    (4 bits) are appended. Fits 63 bits while ledger ids stay below 2**21.
+    Increases in input order (entry, then batch index, then output), so a replayed output gets
+    the id it had before and the broker drops it. The batch index is part of it: Pulsar's own
+    `(ledger << 28) | entry` gives every message of a producer batch the same id, so the broker
+    would drop all outputs of a batch but the first. ValueError when a part is out of range:
+    never a wrong id.
     """
+    batch = batch_index + 1  # -1 (not batched) is 0
     if not 0 <= output_index < MAX_OUTPUTS_PER_INPUT:
-        raise ValueError(f"output index {output_index} out of range")
-    return (pulsar_sequence_id(ledger_id, entry_id) << 14) | ((batch_index + 1) << 4) | output_index
+        raise ValueError(
+            f"output {output_index + 1} of one input: effectively-once numbers at most "
+            f"{MAX_OUTPUTS_PER_INPUT}"
+        )
+    if not 0 <= batch < 1 << _BATCH_BITS:
+        raise ValueError(f"batch index {batch_index} is beyond {(1 << _BATCH_BITS) - 2}")
+    if not 0 <= entry_id < 1 << _ENTRY_BITS:
+        raise ValueError(f"entry id {entry_id} is beyond {(1 << _ENTRY_BITS) - 1}")
+    return (((entry_id << _BATCH_BITS) | batch) << _OUTPUT_BITS) | output_index

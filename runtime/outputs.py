@@ -1,9 +1,14 @@
-"""A handler's return value as the message to produce, stamped the way Pulsar's instance does.
+"""A handler's output as the message to produce, stamped the way Pulsar's instance does.
 
 Every output carries `__pfn_input_topic__` and `__pfn_input_msg_id__` (the input's topic and
 base64 message id), the input's key and event time; with --forward-source-message-property the
-input's own properties too; under effectively-once a sequence id derived from the input's id
-and a producer named after the input topic, so the broker drops a replayed output.
+input's own properties too. Under effectively-once it also gets a sequence id derived from the
+input's position and goes to a producer named after the input partition
+(`naming.effectively_once_producer`), so the broker drops a replayed output.
+
+`Outbox` collects the outputs of a group of messages in order, for one `send_batch` per
+producer. Its shortcuts (bytes out as bytes, a tuple built without NamedTuple's `__new__`)
+give exactly what the plain `build` gives (tests/unit/test_outputs.py).
 """
 
 from __future__ import annotations
@@ -11,14 +16,11 @@ from __future__ import annotations
 import base64
 from typing import Any, TypeVar
 
-from pulsarfunc.runtime.codec import Codec, RawCodec
+from pulsarfunc.runtime.codec import Codec, RawCodec, pulsar_serde
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.errors import PayloadError
-from pulsarfunc.runtime.naming import (
-    MAX_OUTPUTS_PER_INPUT,
-    effectively_once_producer,
-    output_sequence_id,
-)
+from pulsarfunc.runtime.handler import Handler
+from pulsarfunc.runtime.naming import effectively_once_producer, output_sequence_id
 from pulsarfunc.runtime.transport import InMessage, OutMessage
 
 _b64 = base64.b64encode
@@ -31,13 +33,26 @@ class Outputs:
 
     def __init__(self, config: FunctionConfig, codec: Codec) -> None:
         self.topic = config.output
+        self.codec = codec
         self._encode = codec.encode
         # bytes out as bytes: the codec would only copy them
         self._raw = isinstance(codec, RawCodec) and codec.name == "bytes"
         self.forwards = config.forward_source_message_property
         self.effectively_once = config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
         self._fqfn = config.fqfn
-        self._instance_id = config.instance_id
+
+    @classmethod
+    def for_config(cls, config: FunctionConfig, handler: Handler) -> Outputs:
+        """A serde named in the configuration wins over the handler's annotation, as in Pulsar."""
+        if config.output_serde_class_name:
+            return cls(config, pulsar_serde(config.output_serde_class_name))
+        return cls(config, handler.output_codec)
+
+    def encode(self, value: Any) -> bytes:
+        """The payload of one output; PayloadError if the codec cannot write it."""
+        if self._raw and type(value) is bytes:
+            return value
+        return self._encode(value)
 
     def build(self, msg: InMessage, value: Any, previous: int) -> OutMessage:
         """The output `value` of `msg`, which already produced `previous` outputs."""
@@ -63,26 +78,32 @@ class Outputs:
                     None,
                 ),
             )
-        if previous >= MAX_OUTPUTS_PER_INPUT:
+        try:
+            sequence_id = output_sequence_id(mid.entry_id(), mid.batch_index(), previous)
+        except ValueError as exc:
             raise PayloadError(
-                f"effectively-once allows {MAX_OUTPUTS_PER_INPUT} outputs per input",
-                "yield fewer outputs, or use ATLEAST_ONCE",
-            )
+                f"no effectively-once sequence id for message {mid} of {topic}: {exc}",
+                "yield fewer outputs per input, or use ATLEAST_ONCE",
+            ) from None
         return OutMessage(
             self.topic,
             payload,
             msg.partition_key() or None,
             props,
             msg.event_timestamp() or None,
-            output_sequence_id(mid.ledger_id(), mid.entry_id(), mid.batch_index(), previous),
-            effectively_once_producer(self._fqfn, self._instance_id, topic),
+            sequence_id,
+            effectively_once_producer(self._fqfn, topic, mid.ledger_id()),
         )
+
+    def outbox(self) -> Outbox:
+        """An empty outbox for one group's outputs."""
+        return Outbox(self)
 
     def per_producer(
         self, outs: list[OutMessage], owners: list[_Owner]
     ) -> list[tuple[list[OutMessage], list[_Owner]]]:
         """Outputs with their owners, in order, one batch per producer (what `send_batch`
-        takes). Only effectively-once names a producer per input topic: else one batch."""
+        takes). Only effectively-once names a producer per input partition: else one batch."""
         if not self.effectively_once:
             return [(outs, owners)]
         split: dict[str | None, tuple[list[OutMessage], list[_Owner]]] = {}
@@ -92,8 +113,38 @@ class Outputs:
             batch[1].append(owner)
         return list(split.values())
 
-    @staticmethod
-    def size(out: OutMessage) -> int:
-        """Bytes of payload and properties: what the broker's size limit counts, roughly."""
-        extra = sum(len(k) + len(v) for k, v in out.properties.items()) if out.properties else 0
-        return len(out.payload) + extra
+
+class Outbox:
+    """The outputs of one group, in order, each with the index of the message it is of."""
+
+    __slots__ = ("_build", "_counted", "_counts", "_topic", "outputs", "outs", "owners")
+
+    def __init__(self, outputs: Outputs) -> None:
+        self.outputs = outputs
+        self.outs: list[OutMessage] = []
+        self.owners: list[int] = []
+        self._build = outputs.build
+        self._topic = outputs.topic
+        self._counted = outputs.effectively_once
+        self._counts: dict[int, int] = {}  # effectively-once: outputs so far per message
+
+    def put(self, index: int, msg: InMessage, value: Any) -> None:
+        """One output of message `index` (dropped, like Pulsar does, without an output topic)."""
+        if not self._topic:
+            return
+        previous = 0
+        if self._counted:
+            previous = self._counts.get(index, 0)
+            self._counts[index] = previous + 1
+        self.outs.append(self._build(msg, value, previous))
+        self.owners.append(index)
+
+    def drop_from(self, index: int) -> None:
+        """Forget the outputs of messages `index` and later (they are processed again)."""
+        keep = next((i for i, owner in enumerate(self.owners) if owner >= index), len(self.owners))
+        del self.outs[keep:], self.owners[keep:]
+        for owner in [o for o in self._counts if o >= index]:
+            del self._counts[owner]
+
+    def per_producer(self) -> list[tuple[list[OutMessage], list[int]]]:
+        return self.outputs.per_producer(self.outs, self.owners)

@@ -51,8 +51,12 @@ def run(
     where: str = "",
     ready: Callable[[], None] | None = None,
     stop: threading.Event | None = None,
-) -> None:
-    """Run `handler` as a function instance until stopped (signal or `stop` event)."""
+) -> bool:
+    """Run `handler` as a function instance until stopped (signal or `stop` event).
+
+    True when the graceful stop settled every message; False when the drain deadline passed
+    with messages left (negatively acknowledged for redelivery).
+    """
     from pulsarfunc.runtime.broker import PulsarBroker
     from pulsarfunc.runtime.exposition import serving
     from pulsarfunc.runtime.instance import Instance
@@ -89,17 +93,19 @@ def run(
                 config.subscription_name,
                 config.output or "(none)",
             )
-            instance.run(ready=ready)
+            drained = instance.run(ready=ready)
         finally:
             restore()
         snap = instance.metrics.snapshot()
         _log.info(
-            "stopped: %d received, %d processed, %d user errors, %d dead-lettered",
+            "stopped%s: %d received, %d processed, %d user errors, %d dead-lettered",
+            "" if drained else " (drain deadline passed)",
             snap.received,
             snap.processed_successfully,
             snap.user_exceptions,
             snap.dead_lettered,
         )
+    return drained
 
 
 def _on_signals(stop: Callable[[], None]) -> Callable[[], None]:
@@ -147,10 +153,10 @@ def main_with(
     try:
         spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
         config = resolve(argv, env, prog=settings.prog)
-        run(spec, config, env=env, where=where)
+        drained = run(spec, config, env=env, where=where)
     except Exception as exc:
         return report(exc, debug=settings.debug)
-    return 0
+    return 0 if drained else 1
 
 
 def start(handler: Any, config: FunctionConfig | None = None) -> None:
@@ -158,7 +164,8 @@ def start(handler: Any, config: FunctionConfig | None = None) -> None:
 
     Called with a config, it runs and raises on start-up errors. Called without one, it is a
     program's main: flags come from `sys.argv`, `PULSARFUNC_*` from the environment, and the
-    process exits 0 after a graceful stop, 2 on a user error, 1 on a runtime failure.
+    process exits 0 after a graceful stop that settled every message, 1 when the stop's
+    deadline left some to the broker or on a runtime failure, 2 on a user error.
     """
     if config is not None:
         run(handler, config, env=os.environ)

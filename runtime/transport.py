@@ -91,6 +91,11 @@ class Broker(Protocol):
         """Up to max_messages from one source; waits at most timeout_ms for the first."""
         ...
 
+    def open_producer(self, topic: str) -> None:
+        """Create the producer for `topic` now (at start); BrokerError with the broker's reason
+        when it refuses (no such topic and no auto-creation, not authorized, ...)."""
+        ...
+
     def send(self, message: OutMessage, callback: SendCallback) -> None:
         """Queue a message for sending; never waits for the broker round trip."""
         ...
@@ -112,7 +117,7 @@ class Broker(Protocol):
         ...
 
     def connected(self) -> bool:
-        """Every consumer currently has a connection to its broker (readiness)."""
+        """Every consumer and producer currently has a connection to its broker (readiness)."""
         ...
 
     def close(self) -> None:

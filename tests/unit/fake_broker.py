@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pulsarfunc.runtime.errors import BrokerError
 from pulsarfunc.runtime.transport import (
     BatchCallback,
     InMessage,
@@ -145,6 +146,8 @@ class FakeBroker:
         ]
         self.sent: dict[str, list[OutMessage]] = collections.defaultdict(list)
         self.fail_topics: set[str] = set()
+        self.refuse_producers: set[str] = set()  # open_producer raises for these topics
+        self.producers: list[str] = []  # topics open_producer was called for, in order
         self.receive_limit = 1_000_000  # at most this many messages per receive
         self.disconnected = False
         self.flushed = 0
@@ -169,6 +172,11 @@ class FakeBroker:
         if not batch:
             time.sleep(min(timeout_ms, 5) / 1000)
         return batch
+
+    def open_producer(self, topic: str) -> None:
+        if topic in self.refuse_producers:
+            raise BrokerError(f"cannot produce to {topic}: the broker refused: TopicNotFound")
+        self.producers.append(topic)
 
     def send(self, message: OutMessage, callback: SendCallback) -> None:
         """Record the message; the callback runs on a thread of its own, like the client's."""

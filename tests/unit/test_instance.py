@@ -20,8 +20,9 @@ from pulsarfunc.runtime.config import (
     ProcessingGuarantee,
     SubscriptionType,
 )
+from pulsarfunc.runtime.engine import effective_concurrency
 from pulsarfunc.runtime.handler import inspect_handler
-from pulsarfunc.runtime.instance import Instance, effective_concurrency
+from pulsarfunc.runtime.instance import Instance
 
 OUT = "persistent://public/default/out"
 

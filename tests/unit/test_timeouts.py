@@ -15,10 +15,13 @@ from test_instance import OUT
 from test_instance import started as started_instance
 from waiting import wait_for
 
-from pulsarfunc import current_context
+from pulsarfunc import Context, current_context
+from pulsarfunc.runtime.config import FunctionConfig
+from pulsarfunc.runtime.context import FunctionEnv
 from pulsarfunc.runtime.handler import inspect_handler
 from pulsarfunc.runtime.instance import Instance
-from pulsarfunc.runtime.timeouts import TimedHandler, _Runner, with_timeout
+from pulsarfunc.runtime.invoke import Invoker
+from pulsarfunc.runtime.timeouts import HandlerThreads
 
 DLQ = "persistent://public/default/dead"
 
@@ -40,10 +43,15 @@ def letter_props(broker: FakeBroker) -> list[dict[str, str]]:
     return [dict(m.properties or {}) for m in broker.sent.get(DLQ, [])]
 
 
-def test_no_timeout_leaves_the_handler_as_it_is() -> None:
-    handler = inspect_handler(lambda text: text)
-    assert with_timeout(handler, None) is handler
-    assert isinstance(with_timeout(handler, 100), TimedHandler)
+def test_without_a_timeout_a_sync_handler_runs_on_the_calling_thread() -> None:
+    def where(text: str) -> str:
+        return threading.current_thread().name
+
+    handler = inspect_handler(where)
+    ctx = Context(FunctionEnv(FunctionConfig(name="fn"), None, None, None), None)  # type: ignore[arg-type]
+    here = threading.current_thread().name
+    assert Invoker(handler).call(ctx, "x") == [here]
+    assert Invoker(handler, timeout_ms=1000).call(ctx, "x")[0].startswith("pf-handler-")
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])  # batch mode, then worker threads
@@ -181,13 +189,11 @@ def test_an_async_generator_has_one_deadline_for_all_its_outputs() -> None:
 
 
 def test_late_calls_are_bounded_and_their_threads_come_back() -> None:
-    handler = with_timeout(inspect_handler(lambda: None), 100)
-    assert isinstance(handler, TimedHandler)
-    runner = _Runner(limit=1)
+    threads = HandlerThreads(0.1, limit=1)
     release = threading.Event()
     with pytest.raises(TimeoutError, match="within 100 ms"):
-        runner.run(lambda: release.wait(10), handler)
+        threads.run(lambda: release.wait(10))
     with pytest.raises(TimeoutError, match="no handler thread free"):
-        runner.run(lambda: "never started", handler)
+        threads.run(lambda: "never started")
     release.set()
-    assert runner.run(lambda: "ran", handler) == "ran"
+    assert threads.run(lambda: "ran") == "ran"

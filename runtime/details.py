@@ -1,0 +1,76 @@
+"""A resolved FunctionConfig as Pulsar's FunctionDetails message, for `Context.function_details`.
+
+The reverse of `formats.details_values`: what a Pulsar worker would hand its instance for the
+same function, so code written against Pulsar's FunctionDetails reads the same fields here.
+Values FunctionDetails has no field for (batching delay, concurrency, ...) stay on the
+FunctionConfig (`Context.function_config`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import cast
+
+from pulsarfunc.protos import Function_pb2 as pb
+from pulsarfunc.runtime.config import FunctionConfig, SubscriptionType
+
+_SUBSCRIPTIONS = {
+    SubscriptionType.SHARED: pb.SHARED,
+    SubscriptionType.FAILOVER: pb.FAILOVER,
+    SubscriptionType.KEY_SHARED: pb.KEY_SHARED,
+    SubscriptionType.EXCLUSIVE: pb.FAILOVER,  # Function.proto has no EXCLUSIVE: one consumer
+}
+
+
+def function_details(config: FunctionConfig) -> pb.FunctionDetails:
+    """FunctionDetails for `config` (a new message each call)."""
+    details = pb.FunctionDetails(
+        tenant=config.tenant,
+        namespace=config.namespace,
+        name=config.name,
+        className=config.class_name,
+        logTopic=config.log_topic,
+        processingGuarantees=cast(
+            pb.ProcessingGuarantees, pb.ProcessingGuarantees.Value(config.processing_guarantee.name)
+        ),
+        userConfig=json.dumps(dict(config.user_config)),
+        secretsMap=json.dumps(dict(config.secrets)),
+        runtime=pb.FunctionDetails.PYTHON,
+        parallelism=1,
+        componentType=pb.FunctionDetails.FUNCTION,
+        retainOrdering=config.retain_ordering,
+        retainKeyOrdering=config.retain_key_ordering,
+    )
+    source = details.source
+    source.subscriptionType = _SUBSCRIPTIONS[config.subscription_type]
+    source.subscriptionName = config.subscription_name
+    source.subscriptionPosition = cast(
+        pb.SubscriptionPosition, pb.SubscriptionPosition.Value(config.subscription_position.name)
+    )
+    source.negativeAckRedeliveryDelayMs = config.redelivery_delay_ms
+    if config.timeout_ms is not None:
+        source.timeoutMs = config.timeout_ms
+    for spec in config.inputs:
+        consumer = source.inputSpecs[spec.topic]
+        consumer.isRegexPattern = spec.is_regex
+        consumer.schemaType = spec.schema_type
+        consumer.serdeClassName = spec.serde_class_name
+        consumer.receiverQueueSize.value = (
+            config.receiver_queue_size
+            if spec.receiver_queue_size is None
+            else spec.receiver_queue_size
+        )
+    sink = details.sink
+    sink.topic = config.output
+    sink.schemaType = config.output_schema_type
+    sink.serDeClassName = config.output_serde_class_name
+    sink.forwardSourceMessageProperty = config.forward_source_message_property
+    sink.producerSpec.maxPendingMessages = config.producer.max_pending_messages
+    sink.producerSpec.compressionType = cast(
+        pb.CompressionType, pb.CompressionType.Value(config.producer.compression.name)
+    )
+    sink.producerSpec.batchBuilder = "KEY_BASED" if config.retain_key_ordering else ""
+    if config.max_message_retries is not None:
+        details.retryDetails.maxMessageRetries = config.max_message_retries
+        details.retryDetails.deadLetterTopic = config.dead_letter_topic
+    return details

@@ -1,0 +1,175 @@
+"""Processing messages a group at a time, on one thread: the batch and ordered engines' core.
+
+A group is what the consumer holds (or what a lane was handed), taken together:
+
+    Invoker.call_each     the handler on each message in order, outputs into an Outbox
+    Broker.send_batch     the group's outputs, one batch per producer, one receipt each
+    Settler.settle_group  once the receipts are in, in group order: one ack call without failures
+
+Groups overlap: the next is processed while the previous one's sends are in flight (at most
+GROUPS_IN_FLIGHT). Groups are sized to about BUDGET_S of handler time, so holding outputs to
+the end of a group adds little latency. What a message costs is kept to the handler and the
+client calls: no callback per output, no Context for a handler that takes none (the cursor
+makes one if `current_context()` is called), no Ticket unless one is needed.
+
+`in_order` (--retain-ordering, EFFECTIVELY_ONCE): a group stops at its first failed message,
+which is settled (retried here or dead-lettered) before anything after it is processed; the
+rest of the group waits behind it. A failed send rewinds the same way: the failed message and
+everything after it, in the groups still pending too, are processed again in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Mapping, Sequence
+
+from pulsarfunc.runtime import context as ctxmod
+from pulsarfunc.runtime.context import Cursor
+from pulsarfunc.runtime.engine import BATCH_MAX, Core
+from pulsarfunc.runtime.errors import BrokerError
+from pulsarfunc.runtime.outputs import Outbox
+from pulsarfunc.runtime.tracker import Group, Parked, Tracker
+from pulsarfunc.runtime.transport import InMessage, Source
+
+GROUPS_IN_FLIGHT = 4  # processed groups whose sends may still be pending
+BUDGET_S = 0.005  # handler time a group is sized to take (the latency it adds)
+RECEIPT_DEADLINE_S = 120.0  # longer than a broker restart takes
+
+
+class GroupRunner:
+    """Runs groups of one source on the calling thread, and settles them in order."""
+
+    def __init__(self, core: Core, source: Source, *, in_order: bool = False) -> None:
+        self.core = core
+        self.source = source
+        self.in_order = in_order
+        self.pending: collections.deque[Group] = collections.deque()
+        self.limit = 1  # messages the next group should take: BUDGET_S of handler time
+        self._cursor = Cursor(core.env)
+
+    def __enter__(self) -> GroupRunner:
+        self._token = ctxmod.bind(self._cursor)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ctxmod.unbind(self._token)
+
+    # -- processing ------------------------------------------------------------------------------
+    def run(self, msgs: Sequence[InMessage]) -> None:
+        """Process messages fresh from the consumer."""
+        self._run(self.core.tracker.open_group(self.source, msgs))
+
+    def run_parked(self, parked: Sequence[Parked]) -> None:
+        """Process parked messages again (they are in flight already)."""
+        msgs = [p.msg for p in parked]
+        attempts = {i: p.attempts for i, p in enumerate(parked)}
+        self._run(self.core.tracker.open_group(self.source, msgs, attempts))
+
+    def _run(self, group: Group) -> None:
+        core, msgs = self.core, group.msgs
+        outbox = core.outputs.outbox()
+        tracker, settler = core.tracker, core.settler
+        failed: list[int] = []
+
+        def fail(index: int, error: Exception) -> None:
+            settler.fail(tracker.ticket(group, index), error)
+            failed.append(index)
+
+        self._cursor.enter(msgs, lambda index: tracker.ticket(group, index))
+        try:
+            stop = self.in_order
+            core.invoker.call_each(msgs, self._cursor, outbox.put, fail, stop_at_failure=stop)
+        finally:
+            self._cursor.leave()
+        cut = failed[0] + 1 if self.in_order and failed else len(msgs)
+        if cut < len(msgs):
+            group.msgs = msgs[:cut]  # in order: the messages after a failure wait behind it
+        self._send(group, outbox)
+        self.pending.append(group)
+        per_message = (time.perf_counter() - group.began) / max(1, cut)
+        self.limit = max(1, min(BATCH_MAX, int(BUDGET_S / max(per_message, 1e-7))))
+        if cut < len(msgs) or (self.in_order and failed):
+            self.settle_all()  # the failed message is parked (or dead-lettered) first
+            tracker.park(
+                Parked(self.source, msg, group.attempts.get(cut + i, 0), 0.0)
+                for i, msg in enumerate(msgs[cut:])
+            )
+
+    def _send(self, group: Group, outbox: Outbox) -> None:
+        """Send the group's outputs, one batch per producer; each adds one receipt."""
+        if not outbox.outs:
+            return
+        tracker, broker = self.core.tracker, self.core.broker
+        for outs, owners in outbox.per_producer():
+            tracker.issued(group)
+            broker.send_batch(outs, _Receipt(tracker, group, owners))
+
+    # -- settling, in group order ----------------------------------------------------------------
+    def settle_ready(self) -> None:
+        """Settle the groups at the front whose receipts are all in; flush and wait for the
+        oldest when too many are pending."""
+        pending = self.pending
+        while pending and pending[0].sent:
+            self._settle(pending.popleft())
+        if len(pending) > GROUPS_IN_FLIGHT:
+            self.settle_all()
+
+    def settle_all(self) -> None:
+        """Flush, then settle every pending group in order."""
+        if not self.pending:
+            return
+        self.core.broker.flush()
+        while self.pending:
+            group = self.pending.popleft()
+            _await_receipts(group)
+            self._settle(group)
+
+    def _settle(self, group: Group) -> None:
+        parked = self.core.settler.settle_group(group)
+        if parked and self.in_order:
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """A message failed and waits to be tried again: the groups processed after it are
+        processed again after it, in order (their outputs are replays)."""
+        tracker = self.core.tracker
+        while self.pending:
+            group = self.pending.popleft()
+            if tracker.claim_group(group):
+                tracker.park(
+                    Parked(group.source, msg, group.attempts.get(i, 0), 0.0)
+                    for i, msg in enumerate(group.msgs)
+                )
+
+
+class _Receipt:
+    """The receipt of one output batch of a group: it only records (the client's IO thread)."""
+
+    __slots__ = ("group", "owners", "tracker")
+
+    def __init__(self, tracker: Tracker, group: Group, owners: list[int]) -> None:
+        self.tracker = tracker
+        self.group = group
+        self.owners = owners  # position in the batch -> index of the message in the group
+
+    def __call__(self, errors: Mapping[int, Exception]) -> None:
+        owners = self.owners
+        self.tracker.receipt(self.group, {owners[p]: e for p, e in errors.items()})
+
+
+def _await_receipts(group: Group) -> None:
+    """After a flush every receipt is in, or the broker is away: wait, but not forever.
+
+    Sends never time out (a broker restart only delays them), so a group whose receipts do not
+    all come within the deadline fails as a whole: retried, never acknowledged unconfirmed.
+    """
+    deadline = time.monotonic() + RECEIPT_DEADLINE_S
+    while not group.sent:
+        if time.monotonic() > deadline:
+            missing = group.issued - group.done
+            group.error = BrokerError(
+                f"{missing} sends unconfirmed after {RECEIPT_DEADLINE_S:.0f} s"
+            )
+            return
+        time.sleep(0.0005)

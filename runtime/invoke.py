@@ -1,0 +1,209 @@
+"""The one way a handler is called: one input, with its Context, to a list of outputs.
+
+Every engine calls handlers through an `Invoker`, and so does `pulsarfunc.testing`:
+
+    decode(msg)                   -> value    the topic's configured serde, else the handler's codec
+    call(ctx, value)              -> outputs  any handler; an async one runs to completion here
+    await call_async(ctx, value)  -> outputs  an async handler, on the caller's event loop
+    call_each(msgs, cursor, put, fail)        decode and `call` each message of a group, in order
+
+The rules, the same on every path:
+- the Context is current (`current_context()`) for the whole call, the iteration of a generator
+  or async generator included;
+- the return value is the output and None means none; a generator or async generator yields
+  outputs (a yielded None is skipped);
+- a sync handler that returns an awaitable (a sync wrapper around async code) has it awaited;
+- errors are exceptions, raised to the caller unchanged, except that an `asyncio.CancelledError`
+  raised by a handler becomes `HandlerCancelledError`: a failure of that message, never a stop of
+  the engine that runs it;
+- with `--timeout-ms`, a call that does not finish in time raises TimeoutError
+  (`timeouts.py`: an async call is cancelled, a sync one abandoned on its handler thread).
+
+`call_each` is the batch engines' hot loop. It gives exactly what `decode` and `call` give per
+message (tests/unit/test_invoke.py); it only skips what a handler does not need: a Context for
+one that takes none (the cursor makes one if `current_context()` is called), and the codec for
+bytes in as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from pulsarfunc.runtime import context as ctxmod
+from pulsarfunc.runtime.codec import Codec, RawCodec, pulsar_serde
+from pulsarfunc.runtime.config import FunctionConfig
+from pulsarfunc.runtime.context import Context, Cursor
+from pulsarfunc.runtime.errors import HandlerCancelledError
+from pulsarfunc.runtime.handler import Handler
+from pulsarfunc.runtime.naming import strip_partition
+from pulsarfunc.runtime.timeouts import MAX_LATE_CALLS, HandlerThreads, iterate, within
+from pulsarfunc.runtime.transport import InMessage
+
+Put = Callable[[int, InMessage, Any], None]
+"""Takes one output: (index of the message in its group, the message, the output value)."""
+Fail = Callable[[int, Exception], None]
+"""Takes the failure of one message: (index in its group, the exception)."""
+
+# Results that are certainly not awaitable: the common case skips `inspect.isawaitable`.
+_PLAIN_RESULTS = frozenset({bytes, str, dict, list, int, float, bool, type(None), tuple})
+
+
+class Invoker:
+    """Calls one handler, as configured; see the module docstring. Any thread may use it."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        timeout_ms: int | None = None,
+        input_serdes: Mapping[str, Codec] | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        self.handler = handler
+        self.is_async = handler.is_async
+        self._call = handler.call
+        self._yields = handler.yields
+        self._async_gen = handler.is_async_gen
+        self._codec = handler.input_codec
+        self._serdes = dict(input_serdes or {})
+        # bytes in as bytes: the client's data() is a fresh bytes object already
+        self._raw = not self._serdes and isinstance(self._codec, RawCodec)
+        self._raw = self._raw and self._codec.name == "bytes"
+        self._timeout_s = None if timeout_ms is None else timeout_ms / 1000.0
+        self._threads = (
+            HandlerThreads(self._timeout_s, max(1, concurrency) + MAX_LATE_CALLS)
+            if self._timeout_s is not None and not self.is_async
+            else None
+        )
+        # The cheapest call: the target itself, for a sync handler taking its input alone.
+        self._plain = None if self._threads is not None or self.is_async else handler.plain_call()
+        self._loops = threading.local()  # async handlers called with `call`: a loop per thread
+
+    @classmethod
+    def for_config(cls, handler: Handler, config: FunctionConfig, concurrency: int = 1) -> Invoker:
+        """The Invoker for `handler` under `config`: its timeout, and the serdes it names per
+        input topic, which win over the handler's annotation (as in Pulsar)."""
+        serdes = {
+            spec.topic: pulsar_serde(spec.serde_class_name)
+            for spec in config.inputs
+            if spec.serde_class_name and not spec.is_regex
+        }
+        return cls(
+            handler, timeout_ms=config.timeout_ms, input_serdes=serdes, concurrency=concurrency
+        )
+
+    # -- one message ---------------------------------------------------------------------------
+    def decode(self, msg: InMessage) -> Any:
+        """The handler's input from `msg`; PayloadError if the payload does not fit."""
+        if self._raw:
+            return msg.data()
+        codec = self._serdes.get(strip_partition(msg.topic_name()), self._codec)
+        return codec.decode(msg.data())
+
+    def call(self, ctx: Context, value: Any) -> list[Any]:
+        """The outputs of one call, with `ctx` current; the handler's exception is raised."""
+        if self.is_async:
+            return self._event_loop().run_until_complete(self.call_async(ctx, value))
+        token = ctxmod.bind(ctx)
+        try:
+            if self._threads is None:
+                return self._outputs(ctx, value)
+            return self._threads.run(lambda: self._outputs(ctx, value))
+        finally:
+            ctxmod.unbind(token)
+
+    def _outputs(self, ctx: Context, value: Any) -> list[Any]:
+        result = self._call(ctx, value)
+        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+            result = _run(result)
+        if self._yields:
+            return [out for out in result if out is not None]
+        return [] if result is None else [result]
+
+    async def call_async(self, ctx: Context, value: Any) -> list[Any]:
+        """`call` for an async handler, on the running event loop."""
+        token = ctxmod.bind(ctx)
+        try:
+            result = self._call(ctx, value)
+            timeout_s = self._timeout_s
+            if self._async_gen:
+                items = result if timeout_s is None else iterate(result, timeout_s)
+                return [out async for out in items if out is not None]
+            out = await (result if timeout_s is None else within(result, timeout_s))
+            return [] if out is None else [out]
+        except asyncio.CancelledError as exc:
+            raise HandlerCancelledError(
+                "the handler raised asyncio.CancelledError",
+                "a cancelled inner task propagated out of the handler: catch it there, or let "
+                "the message fail and be retried",
+            ) from exc
+        finally:
+            ctxmod.unbind(token)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
+        if loop is None:
+            loop = self._loops.loop = asyncio.new_event_loop()
+        return loop
+
+    # -- a group of messages: the batch engines' hot loop ---------------------------------------
+    def call_each(
+        self,
+        msgs: Sequence[InMessage],
+        cursor: Cursor,
+        put: Put,
+        fail: Fail,
+        *,
+        stop_at_failure: bool = False,
+    ) -> None:
+        """`decode` and `call` each message in order: outputs to `put`, failures to `fail`
+        (and no further message with `stop_at_failure`).
+
+        `cursor` is bound as the current context of this thread; it is moved to each message
+        and makes its Context only when the handler takes one or asks for it.
+        """
+        plain, yields, decode = self._plain, self._yields, self.decode
+        for index, msg in enumerate(msgs):
+            cursor.index = index
+            cursor.ctx = None
+            try:
+                value = decode(msg)
+                if plain is None:
+                    for out in self.call(cursor.context(), value):
+                        put(index, msg, out)
+                    continue
+                result = plain(value)
+                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                    result = _run(result)
+                if yields:
+                    for out in result:
+                        if out is not None:
+                            put(index, msg, out)
+                elif result is not None:
+                    put(index, msg, result)
+            except Exception as exc:
+                fail(index, exc)
+                if stop_at_failure:
+                    return
+
+
+def _run(awaitable: Awaitable[Any]) -> Any:
+    """Await what a sync handler returned, on an event loop of its own (on a thread of its own
+    when this thread runs a loop already, e.g. `pulsarfunc.testing` in an async test)."""
+
+    async def awaited() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(awaited())
+    context = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1, "pf-await") as pool:
+        return pool.submit(context.run, asyncio.run, awaited()).result()
