@@ -7,8 +7,10 @@ accepts fails here, at start-up, with the signature found and the accepted forms
 Forms (Form):
 - FUNCTION (PIP-32): a function, bound method, callable object or `async def` taking 0, 1 or 2
   positional parameters without defaults. With 2 the first is the Context (PIP-32 order); with 1
-  it is the input unless annotated as a Context. Parameters with defaults are not passed;
-  `*args`, `**kwargs` and required keyword-only parameters are refused. The return value is the
+  it is the input unless annotated as a Context. Parameters with defaults after the input are
+  not passed; one where the input would go (the handler takes no input otherwise) is refused,
+  never silently left out. `*args`, `**kwargs` and required keyword-only parameters are
+  refused. The return value is the
   output (None: no output); a generator or async generator yields several outputs. The input
   is decoded by its annotation and the output encoded by the return annotation (`codec`).
 - PULSAR_FUNCTION: a `pulsar.Function` subclass (or any class with `process`, as Pulsar's
@@ -43,7 +45,8 @@ accepted handler forms:
   def handler(context: Context, input)      PIP-32 order: the Context comes first
   def handler(context: Context)             no input passed; def handler() works too
     ...as async def, generator or async generator (yield several outputs), bound method or
-    object with __call__; parameters with defaults are not passed; no *args or **kwargs
+    object with __call__; parameters with defaults after the input are not passed, one where
+    the input would go is refused; no *args or **kwargs
   class F(pulsar.Function) with def process(self, input, context)   Pulsar SDK, class or instance
   def process(input) at module level, parameter unannotated         Pulsar native function"""
 
@@ -296,6 +299,16 @@ def _function(obj: Callable[..., Any], where: str) -> Handler:
         return _pulsar_form(obj, Form.PULSAR_NATIVE, "process", where, ("input",))
     takes_context = len(required) == 2 or (len(required) == 1 and is_ctx[0])
     takes_input = len(required) == 2 or (len(required) == 1 and not takes_context)
+    positional = [p for p in sig.parameters.values() if p.kind in _POSITIONAL]
+    if not takes_input and len(positional) > len(required):
+        p = positional[len(required)]  # where the input would go: it has a default
+        ctx = f"{required[0].name}, " if required else ""
+        raise invalid(
+            f"parameter {p.name!r} has a default where the input would go, so it would never "
+            "receive the input",
+            f"to receive the input remove the default: def handler({ctx}{p.name}); to take no "
+            f"input, make it keyword-only: def handler({ctx}*, {p.name}=...)",
+        )
     is_async, yields, is_async_gen = _flags(obj)
     input_annotation = (
         hints.get(required[-1].name, inspect.Parameter.empty) if takes_input else None

@@ -372,6 +372,42 @@ def test_required_keyword_only() -> None:
     )
 
 
+# Issue 12 (i): an input parameter with a default is refused, never silently left out.
+@pytest.mark.parametrize(
+    ("fn", "name", "fix"),
+    [
+        (lambda data=b"": data, "data", "def handler(data)"),
+        (lambda data=b"", more=1: data, "data", "def handler(*, data=...)"),
+    ],
+)
+def test_an_input_parameter_with_a_default_is_refused(
+    fn: Callable[..., Any], name: str, fix: str
+) -> None:
+    refusal(fn, f"parameter {name!r} has a default where the input would go", fix)
+
+
+def test_the_input_parameter_after_the_context_with_a_default_is_refused() -> None:
+    def f(ctx: Context, text: str = "") -> str:
+        return text
+
+    refusal(
+        f,
+        "parameter 'text' has a default where the input would go",
+        "def handler(ctx, text)",
+        "def handler(ctx, *, text=...)",
+        "found: def f(ctx: Context, text: str = '') -> str",
+    )
+
+
+def test_keyword_only_options_with_defaults_are_fine_without_an_input() -> None:
+    def f(ctx: Context, *, limit: int = 10) -> int:
+        return limit
+
+    h = inspect_handler(f)
+    assert (h.takes_context, h.takes_input) == (True, False)
+    assert h.call(CTX, b"ignored") == 10
+
+
 def test_context_second_by_annotation() -> None:
     def f(input: bytes, context: Context) -> None:
         return None
