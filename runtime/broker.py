@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import _pulsar
 import pulsar
@@ -120,6 +120,30 @@ class _Consumer:
             except pulsar.Timeout:
                 break
         return batch
+
+
+class ConsumerPlan(NamedTuple):
+    """One consumer of the function's subscription: a list of topics, or one pattern."""
+
+    topics: tuple[str, ...]
+    pattern: str | None
+    receiver_queue_size: int
+
+
+def consumer_plan(config: FunctionConfig) -> list[ConsumerPlan]:
+    """The consumers to create: one per receiver queue size for plain topics (each input's
+    `receiverQueueSize`, else --receiver-queue-size), and one per regex pattern (the client
+    takes one pattern per consumer)."""
+    by_size: dict[int, list[str]] = {}
+    plans: list[ConsumerPlan] = []
+    for spec in config.inputs:
+        size = spec.receiver_queue_size
+        size = config.receiver_queue_size if size is None else size
+        if spec.is_regex:
+            plans.append(ConsumerPlan((), spec.topic, size))
+        else:
+            by_size.setdefault(size, []).append(spec.topic)
+    return [ConsumerPlan(tuple(t), None, size) for size, t in by_size.items()] + plans
 
 
 def _client_kwargs(config: FunctionConfig) -> dict[str, Any]:
@@ -285,31 +309,21 @@ class PulsarBroker:
             # message that come back are acknowledged on arrival instead (redelivery.py).
             "batch_index_ack_enabled": False,
         }
-        # One consumer per receiver queue size for plain topics (one list each), and one per
-        # pattern (the client takes one pattern per consumer).
-        by_queue: dict[int, list[str]] = {}
-        patterns: list[tuple[str, int]] = []
-        for spec in config.inputs:
-            size = (
-                config.receiver_queue_size
-                if spec.receiver_queue_size is None
-                else spec.receiver_queue_size
-            )
-            if spec.is_regex:
-                patterns.append((spec.topic, size))
-            else:
-                by_queue.setdefault(size, []).append(spec.topic)
         consumers = []
-        for size, topics in by_queue.items():
-            consumer = self._client.subscribe(topics, **common, receiver_queue_size=size)
-            consumers.append(_Consumer(consumer))
-        for pattern, size in patterns:
-            try:
-                regex = re.compile(pattern)
-            except re.error as exc:
-                raise ConfigError(f"invalid topics pattern {pattern!r}: {exc}") from exc
-            consumer = self._client.subscribe(regex, **common, receiver_queue_size=size)
-            consumers.append(_Consumer(consumer))
+        for plan in consumer_plan(config):
+            if plan.pattern is None:
+                subscribed = self._client.subscribe(
+                    list(plan.topics), **common, receiver_queue_size=plan.receiver_queue_size
+                )
+            else:
+                try:
+                    regex = re.compile(plan.pattern)
+                except re.error as exc:
+                    raise ConfigError(f"invalid topics pattern {plan.pattern!r}: {exc}") from exc
+                subscribed = self._client.subscribe(
+                    regex, **common, receiver_queue_size=plan.receiver_queue_size
+                )
+            consumers.append(_Consumer(subscribed))
         return consumers
 
     def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:

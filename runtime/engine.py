@@ -144,8 +144,9 @@ class Services:
         return future
 
     def ack(self, ticket: Ticket | None) -> None:
-        """`context.ack()`: acknowledge the current message (MANUAL), once."""
-        if ticket is not None and self._tracker.acknowledged(ticket):
+        """`context.ack()`: acknowledge the current message (MANUAL), once; under ATMOST_ONCE
+        it was acknowledged on receipt already."""
+        if ticket is not None and self._tracker.acknowledged(ticket) and self._tracks:
             ticket.source.ack(ticket.msg)
 
     def record_metric(self, name: str, value: float) -> None:

@@ -78,7 +78,7 @@ class OrderedEngine:
         tracker, stopping = core.tracker, core.stopping
         with GroupRunner(core, source, in_order=True) as runner:
             while not stopping.is_set():
-                next_due = tracker.next_due(source)
+                next_due = tracker.next_due(source, in_order=True)
                 if next_due is None:
                     batch = core.receiver.take(source, runner.limit)
                     if batch:

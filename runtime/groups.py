@@ -54,6 +54,7 @@ class GroupRunner:
 
     def __exit__(self, *exc: object) -> None:
         ctxmod.unbind(self._token)
+        self.core.invoker.release_thread()
 
     # -- processing ------------------------------------------------------------------------------
     def run(self, msgs: Sequence[InMessage]) -> None:
@@ -62,6 +63,8 @@ class GroupRunner:
 
     def run_parked(self, parked: Sequence[Parked]) -> None:
         """Process parked messages again (they are in flight already)."""
+        if not parked:
+            return
         msgs = [p.msg for p in parked]
         attempts = {i: p.attempts for i, p in enumerate(parked)}
         self._run(self.core.tracker.open_group(self.source, msgs, attempts))

@@ -373,6 +373,9 @@ def _output_codec(annotation: Any, yields: bool) -> Codec:
             )
         annotation = args[0]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (abc.Awaitable, abc.Coroutine):  # a sync wrapper around async code: awaited
+        annotation = args[-1] if args else Any
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation in (inspect.Parameter.empty, Any, object, None, type(None)):
         return AUTO
     members = [a for a in args if a is not type(None)]

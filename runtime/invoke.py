@@ -152,6 +152,13 @@ class Invoker:
             loop = self._loops.loop = asyncio.new_event_loop()
         return loop
 
+    def release_thread(self) -> None:
+        """Close the event loop `call` made on this thread for an async handler, if any."""
+        loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
+        if loop is not None:
+            self._loops.loop = None
+            loop.close()
+
     # -- a group of messages: the batch engines' hot loop ---------------------------------------
     def call_each(
         self,

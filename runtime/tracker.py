@@ -282,10 +282,14 @@ class Tracker:
         with self._lock:
             return sum(1 for p in self._parked if source is None or p.source is source)
 
-    def next_due(self, source: Source) -> float | None:
-        """When the first parked message of `source` is due (None: nothing parked)."""
+    def next_due(self, source: Source, *, in_order: bool = False) -> float | None:
+        """When the next parked message of `source` is due (None: nothing parked); in order,
+        the first one's time, which nothing behind it overtakes."""
         with self._lock:
-            return min((p.due for p in self._parked if p.source is source), default=None)
+            dues = (p.due for p in self._parked if p.source is source)
+            if in_order:
+                return next(dues, None)
+            return min(dues, default=None)
 
     # -- settling ----------------------------------------------------------------------------------
     def claim(self, tickets: Iterable[Ticket]) -> list[Ticket]:

@@ -55,6 +55,7 @@ class FakeMessage:
     redeliveries: int = 0
     event_ts: int = 0
     mid: FakeId = field(default_factory=lambda: FakeId(7, next(_ids)))
+    okey: str = ""  # the ordering key
 
     def data(self) -> bytes:
         return self.payload
@@ -63,7 +64,7 @@ class FakeMessage:
         return self.key
 
     def ordering_key(self) -> str:
-        return ""
+        return self.okey
 
     def properties(self) -> dict[str, str]:
         return dict(self.props)
@@ -130,12 +131,18 @@ class FakeSource:
                         m.redeliveries + (1 if self.count_redeliveries else 0),
                         m.event_ts,
                         m.mid,
+                        m.okey,
                     )
                 )
 
 
 class FakeBroker:
-    """Sends succeed (or fail, per `fail_topics`) on a background thread, like the client."""
+    """Sends succeed (or fail, per `fail_topics`) on a background thread, like the client.
+
+    `held` topics call back only once their event is set; with `dedup`, a named producer's
+    message whose sequence id is not above the last one kept is dropped (yet reported sent),
+    as a broker with deduplication does.
+    """
 
     def __init__(
         self, sources: int = 1, *, count_redeliveries: bool = True, whole_batches: bool = False
@@ -147,6 +154,10 @@ class FakeBroker:
         self.sent: dict[str, list[OutMessage]] = collections.defaultdict(list)
         self.fail_topics: set[str] = set()
         self.refuse_producers: set[str] = set()  # open_producer raises for these topics
+        self.held: dict[str, threading.Event] = {}  # sends to these wait for the event
+        self.dedup = False
+        self.dropped: list[OutMessage] = []  # dropped as duplicates (dedup)
+        self._last_sequence: dict[str | None, int] = {}
         self.producers: list[str] = []  # topics open_producer was called for, in order
         self.receive_limit = 1_000_000  # at most this many messages per receive
         self.disconnected = False
@@ -187,8 +198,25 @@ class FakeBroker:
         )
         if error is None:
             with self._lock:
-                self.sent[message.topic].append(message)
-        threading.Thread(target=callback, args=(error,), daemon=True).start()
+                self._keep(message)
+        held = self.held.get(message.topic)
+
+        def call_back() -> None:
+            if held is not None:
+                held.wait(10)
+            callback(error)
+
+        threading.Thread(target=call_back, daemon=True).start()
+
+    def _keep(self, message: OutMessage) -> None:
+        """Record a message as persisted, or as a dropped duplicate (under the lock)."""
+        if self.dedup and message.sequence_id is not None:
+            last = self._last_sequence.get(message.producer_name, -1)
+            if message.sequence_id <= last:
+                self.dropped.append(message)
+                return
+            self._last_sequence[message.producer_name] = message.sequence_id
+        self.sent[message.topic].append(message)
 
     def send_batch(self, messages: Sequence[OutMessage], callback: BatchCallback) -> None:
         """Record the messages; a failing topic fails every one of them, as a producer-wide
@@ -200,7 +228,7 @@ class FakeBroker:
                 if message.topic in self.fail_topics:
                     errors[position] = RuntimeError(f"send to {message.topic} refused")
                 else:
-                    self.sent[message.topic].append(message)
+                    self._keep(message)
         threading.Thread(target=callback, args=(errors,), daemon=True).start()
 
     def flush(self) -> None:

@@ -1,0 +1,512 @@
+"""Issue 12's defects, each on the fake broker: no fault loses or stalls a message.
+
+a non-persistent inputs · b effectively-once after a failure · c effectively-once sequence ids ·
+d CancelledError · e dead-letter marking · f the stop deadline · g the ordering key ·
+h redelivery memory with slow handlers · j producers at start · k Context parity
+(i, defaults of input parameters, is in test_handler.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from fake_broker import FakeBroker, FakeId, FakeMessage
+from waiting import wait_for
+
+from pulsarfunc import Context
+from pulsarfunc.protos.Function_pb2 import FunctionDetails
+from pulsarfunc.runtime import settle
+from pulsarfunc.runtime.broker import consumer_plan
+from pulsarfunc.runtime.config import (
+    FunctionConfig,
+    InputSpec,
+    ProcessingGuarantee,
+    SubscriptionType,
+)
+from pulsarfunc.runtime.errors import BrokerError
+from pulsarfunc.runtime.handler import inspect_handler
+from pulsarfunc.runtime.instance import Instance
+
+IN = "persistent://public/default/in"
+NP_IN = "non-persistent://public/default/in"
+OUT = "persistent://public/default/out"
+DLQ = "persistent://public/default/dlq"
+EO = ProcessingGuarantee.EFFECTIVELY_ONCE
+
+
+def config(**fields: Any) -> FunctionConfig:
+    fields.setdefault("inputs", (InputSpec(IN),))
+    fields.setdefault("output", OUT)
+    fields.setdefault("name", "fn")
+    fields.setdefault("redelivery_delay_ms", 20)
+    return FunctionConfig(**fields)
+
+
+@contextmanager
+def running(handler: Callable[..., Any], broker: FakeBroker, **fields: Any) -> Iterator[Instance]:
+    instance = Instance(config(**fields), inspect_handler(handler), broker)
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(instance.run()), daemon=True)
+    thread.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+    assert result == [True]  # the graceful stop settled everything
+
+
+def outputs(broker: FakeBroker, topic: str = OUT) -> list[bytes]:
+    return [m.payload for m in broker.sent.get(topic, [])]
+
+
+# --- a. non-persistent inputs -----------------------------------------------------------------
+
+
+def non_persistent(payload: bytes) -> FakeMessage:
+    """A message as the broker delivers it from a non-persistent topic: always ledger 0, entry 0."""
+    return FakeMessage(payload, topic=NP_IN, mid=FakeId(0, 0, -1))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"concurrency": 3}, {"retain_ordering": True}],
+    ids=["batch", "threads", "ordered"],
+)
+def test_a_after_a_failure_every_later_non_persistent_message_is_still_processed(
+    fields: dict[str, Any],
+) -> None:
+    broker = FakeBroker()
+    broker.feed(*(non_persistent(f"m{i}".encode()) for i in range(20)))
+    calls: list[str] = []
+
+    def fails_m3_once(text: str) -> str:
+        calls.append(text)
+        if text == "m3" and calls.count("m3") == 1:
+            raise RuntimeError("once")
+        return text
+
+    with running(fails_m3_once, broker, inputs=(InputSpec(NP_IN),), **fields):
+        wait_for(lambda: len(outputs(broker)) == 20)
+    assert sorted(outputs(broker)) == sorted(f"m{i}".encode() for i in range(20))
+    assert calls.count("m3") == 2  # retried here: the broker would drop a nacked message
+    assert broker.sources[0].nacked == []
+    assert len(broker.sources[0].acked) == 20  # each acked once, after its output
+
+
+def test_a_async_engine_retries_a_failed_non_persistent_message_here_then_dead_letters() -> None:
+    broker = FakeBroker()
+    broker.feed(*(non_persistent(f"m{i}".encode()) for i in range(10)))
+    attempts: list[int] = []
+
+    async def poison(ctx: Context, text: str) -> str:
+        if text == "m4":
+            attempts.append(ctx.redelivery_count)
+            raise ValueError("poison")
+        return text
+
+    with running(
+        poison,
+        broker,
+        inputs=(InputSpec(NP_IN),),
+        max_message_retries=2,
+        dead_letter_topic=DLQ,
+    ):
+        wait_for(lambda: len(broker.sent.get(DLQ, [])) == 1)
+        wait_for(lambda: len(outputs(broker)) == 9)
+    assert attempts == [0, 1, 2]  # the Context counts the retries made here
+    assert dict(broker.sent[DLQ][0].properties or {})["pulsarfunc.attempts"] == "3"
+
+
+# --- b. effectively-once after a failure ------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_b_effectively_once_retries_a_failed_message_before_any_later_output(
+    is_async: bool,
+) -> None:
+    broker = FakeBroker()
+    broker.dedup = True  # the namespace deduplicates by producer name and sequence id
+    broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(11, 1, i)) for i in range(30)))
+    calls: list[str] = []
+
+    def once(text: str) -> str:
+        calls.append(text)
+        if text == "m7" and calls.count("m7") == 1:
+            raise RuntimeError("transient")
+        return text
+
+    async def once_async(text: str) -> str:
+        return once(text)
+
+    handler = once_async if is_async else once
+    with running(handler, broker, processing_guarantee=EO):
+        wait_for(lambda: len(broker.sources[0].acked) == 30)
+    assert outputs(broker) == [f"m{i}".encode() for i in range(30)]  # m7 in its place
+    assert broker.dropped == []
+    assert calls[: calls.index("m7") + 2] == [f"m{i}" for i in range(8)] + ["m7"]
+
+
+def test_b_effectively_once_rewinds_after_a_failed_send() -> None:
+    broker = FakeBroker()
+    broker.dedup = True
+    broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(12, i, -1)) for i in range(10)))
+    original = broker.send_batch
+    failed: list[bool] = []
+
+    def fails_once(messages: Any, callback: Any) -> None:
+        if not failed and any(m.payload == b"m4" for m in messages):
+            failed.append(True)
+            callback({p: RuntimeError("producer fenced") for p in range(len(messages))})
+            return
+        original(messages, callback)
+
+    broker.send_batch = fails_once  # type: ignore[method-assign]
+    with running(lambda text: text, broker, processing_guarantee=EO, output=OUT):
+        wait_for(lambda: len(broker.sources[0].acked) == 10)
+    assert outputs(broker) == [f"m{i}".encode() for i in range(10)]
+
+
+# --- c. effectively-once sequence ids -----------------------------------------------------------
+
+
+def test_c_a_producer_batch_of_5000_messages_keeps_every_output() -> None:
+    broker = FakeBroker()
+    broker.dedup = True
+    ledger = 2**40 + 3  # far past 2**21, where ledger << 42 overflowed 63 bits
+    broker.feed(*(FakeMessage(str(i).encode(), mid=FakeId(ledger, 9, i)) for i in range(5000)))
+
+    def twice(text: str) -> Iterator[str]:
+        yield text
+        yield text + "+"
+
+    with running(twice, broker, processing_guarantee=EO):
+        wait_for(lambda: len(broker.sources[0].acked) == 5000)
+    assert len(outputs(broker)) == 10_000
+    assert broker.dropped == []
+    ids = [m.sequence_id or 0 for m in broker.sent[OUT]]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 10_000
+    assert all(0 < i < 2**63 for i in ids)
+    (name,) = {m.producer_name for m in broker.sent[OUT]}
+    assert name == f"public/default/fn@{IN}@{ledger}"
+
+
+def test_c_a_replayed_input_gets_the_ids_it_had_and_is_dropped_as_a_duplicate() -> None:
+    broker = FakeBroker()
+    broker.dedup = True
+    msgs = [FakeMessage(f"m{i}".encode(), mid=FakeId(5, i, -1)) for i in range(5)]
+    broker.feed(*msgs)
+    with running(lambda text: text, broker, processing_guarantee=EO):
+        wait_for(lambda: len(broker.sources[0].acked) == 5)
+        broker.feed(*(FakeMessage(m.payload, mid=m.mid) for m in msgs[2:]))  # a replay
+        wait_for(lambda: len(broker.dropped) + len(broker.sources[0].acked) >= 8)
+    assert outputs(broker) == [f"m{i}".encode() for i in range(5)]
+
+
+# --- d. asyncio.CancelledError ------------------------------------------------------------------
+
+
+def test_d_cancelled_errors_fail_their_messages_and_never_stall_the_instance() -> None:
+    broker = FakeBroker()
+    broker.feed(*(FakeMessage(f"m{i}".encode()) for i in range(40)))
+
+    async def cancels_even(text: str) -> str:
+        await asyncio.sleep(0)
+        if int(text[1:]) % 2 == 0:
+            raise asyncio.CancelledError
+        return text
+
+    with running(
+        cancels_even, broker, concurrency=2, max_message_retries=0, dead_letter_topic=DLQ
+    ) as instance:
+        wait_for(lambda: len(broker.sources[0].acked) == 40)
+        assert instance.ready
+        wait_for(lambda: instance.core.tracker.in_flight == 0)
+    assert len(outputs(broker)) == 20
+    letters = [dict(m.properties or {}) for m in broker.sent[DLQ]]
+    assert len(letters) == 20
+    assert {p["pulsarfunc.error.type"] for p in letters} == {"HandlerCancelledError"}
+
+
+# --- e. dead-letter marking ---------------------------------------------------------------------
+
+
+def test_e_a_copy_that_arrives_while_the_dead_letter_send_is_in_flight_is_left_alone() -> None:
+    broker = FakeBroker()
+    broker.held[DLQ] = release = threading.Event()
+    poison = FakeMessage(b"poison", mid=FakeId(3, 3, -1))
+    broker.feed(poison)
+    calls: list[str] = []
+
+    def fails(text: str) -> str:
+        calls.append(text)
+        raise ValueError(text)
+
+    with running(fails, broker, max_message_retries=0, dead_letter_topic=DLQ) as instance:
+        wait_for(lambda: len(broker.sent.get(DLQ, [])) == 1)  # sent; its receipt held
+        broker.feed(FakeMessage(b"poison", mid=poison.mid))  # a copy, redelivered meanwhile
+        wait_for(lambda: instance.metrics.snapshot().copies_skipped == 1)
+        assert broker.sources[0].acked == []  # neither the copy nor the original yet
+        release.set()
+        wait_for(lambda: len(broker.sources[0].acked) == 1)
+    assert calls == ["poison"]  # the copy was not processed
+    assert instance.metrics.snapshot().dead_lettered == 1
+
+
+def test_e_a_failed_dead_letter_send_leaves_the_message_to_be_processed_again() -> None:
+    broker = FakeBroker()
+    broker.fail_topics.add(DLQ)
+    broker.feed(FakeMessage(b"poison", mid=FakeId(4, 4, -1)))
+
+    def fails(text: str) -> str:
+        raise ValueError(text)
+
+    with running(fails, broker, max_message_retries=0, dead_letter_topic=DLQ) as instance:
+        wait_for(lambda: len(broker.sources[0].nacked) >= 1)
+        broker.fail_topics.clear()
+        wait_for(lambda: len(broker.sent.get(DLQ, [])) == 1)  # on its redelivery
+        wait_for(lambda: len(broker.sources[0].acked) == 1)
+    assert instance.metrics.snapshot().dead_lettered == 1
+
+
+# --- f. the stop deadline -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_f_a_handler_that_never_returns_cannot_hold_the_stop_past_its_deadline(
+    is_async: bool,
+) -> None:
+    broker = FakeBroker()
+    broker.feed(FakeMessage(b"stuck"), FakeMessage(b"fine"))
+    forever = threading.Event()
+
+    def hangs(text: str) -> str:
+        if text == "stuck":
+            forever.wait(30)
+        return text
+
+    async def hangs_async(text: str) -> str:
+        if text == "stuck":
+            await asyncio.sleep(30)
+        return text
+
+    instance = Instance(
+        config(drain_timeout_ms=300, concurrency=2),
+        inspect_handler(hangs_async if is_async else hangs),
+        broker,
+    )
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(instance.run()), daemon=True)
+    thread.start()
+    wait_for(lambda: len(broker.sources[0].acked) == 1)  # "fine" is done, "stuck" is not
+    began = time.monotonic()
+    instance.stop()
+    thread.join(5)
+    took = time.monotonic() - began
+    forever.set()
+    assert not thread.is_alive()
+    assert result == [False]
+    assert 0.25 < took < 2.0
+    assert [m.payload for m in broker.sources[0].nacked] == [b"stuck"]  # back to the broker
+
+
+def test_f_a_stop_that_settles_everything_in_time_returns_true() -> None:
+    broker = FakeBroker()
+    broker.feed(*(FakeMessage(b"x") for _ in range(10)))
+    with running(lambda data: data, broker, drain_timeout_ms=5000):
+        wait_for(lambda: len(broker.sources[0].acked) == 10)
+
+
+# --- g. the ordering key --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_g_key_order_follows_the_ordering_key_before_the_partition_key(is_async: bool) -> None:
+    broker = FakeBroker()
+    # one partition key for all; the ordering key splits them in three ordered streams
+    broker.feed(*(FakeMessage(f"{i}".encode(), key="same", okey=f"o{i % 3}") for i in range(60)))
+    active: set[str] = set()
+    lock = threading.Lock()
+    clashes: list[str] = []
+    order: dict[str, list[int]] = {}
+    overlap: list[int] = []
+
+    def enter(ctx: Context, text: str) -> str:
+        key = ctx.get_ordering_key() or ""
+        with lock:
+            if key in active:
+                clashes.append(key)
+            active.add(key)
+            overlap.append(len(active))
+            order.setdefault(key, []).append(int(text))
+        return key
+
+    def leave(key: str) -> None:
+        with lock:
+            active.discard(key)
+
+    def sync_handler(ctx: Context, text: str) -> None:
+        key = enter(ctx, text)
+        time.sleep(0.002)
+        leave(key)
+
+    async def async_handler(ctx: Context, text: str) -> None:
+        key = enter(ctx, text)
+        await asyncio.sleep(0.002)
+        leave(key)
+
+    handler = async_handler if is_async else sync_handler
+    with running(
+        handler, broker, concurrency=3, subscription_type=SubscriptionType.KEY_SHARED, output=""
+    ):
+        wait_for(lambda: len(broker.sources[0].acked) == 60)
+    assert clashes == []
+    assert sorted(order) == ["o0", "o1", "o2"]
+    assert all(seq == sorted(seq) for seq in order.values())
+    assert max(overlap) > 1  # different ordering keys ran at once: not the partition key
+
+
+# --- h. redelivery memory with slow handlers ------------------------------------------------------
+
+
+def test_h_siblings_of_a_nacked_batch_are_not_processed_again_with_one_message_groups() -> None:
+    broker = FakeBroker(whole_batches=True)  # a nack brings the whole producer batch back
+    broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(9, 1, i)) for i in range(300)))
+    calls: list[str] = []
+
+    def slow(text: str) -> str:
+        time.sleep(0.0005)  # past the 5 ms group budget in a few: groups of one or two
+        calls.append(text)
+        if text == "m250" and calls.count("m250") == 1:
+            raise RuntimeError("once")
+        return text
+
+    with running(slow, broker) as instance:
+        wait_for(lambda: instance.metrics.snapshot().processed_successfully == 300)
+    # the 250 siblings settled before m250 failed came back with it (and those delivered
+    # since): each was acknowledged on arrival, none processed again
+    assert instance.metrics.snapshot().copies_skipped >= 250
+    assert len(calls) == 301
+    assert sorted(outputs(broker)) == sorted(f"m{i}".encode() for i in range(300))
+
+
+def test_h_after_a_quiet_period_the_fast_path_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settle, "QUIET_S", 0.3)
+    broker = FakeBroker()
+    broker.feed(*(FakeMessage(f"m{i}".encode()) for i in range(5)))
+    calls: list[str] = []
+
+    def once(text: str) -> str:
+        calls.append(text)
+        if text == "m1" and calls.count("m1") == 1:
+            raise RuntimeError("once")
+        return text
+
+    with running(once, broker, redelivery_delay_ms=10) as instance:
+        redeliveries = instance.core.settler.redeliveries
+        wait_for(lambda: len(broker.sources[0].acked) == 5)
+        assert redeliveries.watching
+        wait_for(lambda: not redeliveries.watching and not redeliveries.failing)
+        broker.feed(*(FakeMessage(f"n{i}".encode()) for i in range(5)))
+        wait_for(lambda: len(broker.sources[0].acked) == 10)
+        assert not redeliveries.failing
+
+
+# --- j. producers at start ------------------------------------------------------------------------
+
+
+def test_j_output_and_dead_letter_producers_are_opened_before_the_first_message() -> None:
+    broker = FakeBroker()
+    seen: list[list[str]] = []
+
+    def first(text: str) -> str:
+        seen.append(list(broker.producers))
+        return text
+
+    broker.feed(FakeMessage(b"x"))
+    with running(first, broker, max_message_retries=1):
+        wait_for(lambda: len(broker.sources[0].acked) == 1)
+    assert seen == [[OUT, "persistent://public/default/in-public-default-fn-DLQ"]]
+
+
+@pytest.mark.parametrize("refused", [OUT, DLQ])
+def test_j_a_topic_the_broker_refuses_fails_the_start_before_anything_is_taken(
+    refused: str,
+) -> None:
+    broker = FakeBroker()
+    broker.refuse_producers.add(refused)
+    broker.feed(FakeMessage(b"x"))
+    instance = Instance(
+        config(max_message_retries=1, dead_letter_topic=DLQ),
+        inspect_handler(lambda text: text),
+        broker,
+    )
+    ready: list[bool] = []
+    with pytest.raises(BrokerError, match=f"cannot produce to {refused}"):
+        instance.run(ready=lambda: ready.append(True))
+    assert ready == []
+    assert not instance.ready
+    assert len(broker.sources[0].queue) == 1  # nothing was taken
+
+
+# --- k. Context parity with PIP-32 ----------------------------------------------------------------
+
+
+def test_k_the_context_has_the_start_time_and_a_read_only_view_of_the_configuration() -> None:
+    broker = FakeBroker()
+    broker.feed(FakeMessage(b"a"), FakeMessage(b"b"))
+    seen: list[tuple[datetime.datetime, Any, Any]] = []
+
+    def look(ctx: Context, text: str) -> None:
+        details = ctx.get_function_details()
+        seen.append((ctx.get_start_time(), details.SerializeToString(), ctx.function_config))
+        details.name = "changed"  # a copy: the next message sees the real one
+
+    before = datetime.datetime.now(datetime.timezone.utc)
+    with running(
+        look,
+        broker,
+        inputs=(InputSpec(IN, receiver_queue_size=7),),
+        processing_guarantee=ProcessingGuarantee.ATLEAST_ONCE,
+        max_message_retries=3,
+    ) as instance:
+        wait_for(lambda: len(seen) == 2)
+    (start1, raw1, cfg1), (start2, raw2, _) = seen
+    assert raw1 == raw2
+    details2 = FunctionDetails.FromString(raw2)
+    assert start1 == start2
+    assert before <= start1 <= datetime.datetime.now(datetime.timezone.utc)
+    assert start1.tzinfo is not None
+    assert cfg1 is instance.config
+    assert details2.name == "fn"
+    assert details2.tenant == "public"
+    assert details2.source.inputSpecs[IN].receiverQueueSize.value == 7
+    assert details2.retryDetails.maxMessageRetries == 3
+    assert details2.sink.topic == OUT
+
+
+def test_k_each_input_gets_a_consumer_with_its_own_receiver_queue_size() -> None:
+    cfg = config(
+        inputs=(
+            InputSpec("persistent://public/default/a", receiver_queue_size=7),
+            InputSpec("persistent://public/default/b"),
+            InputSpec("persistent://public/default/c", receiver_queue_size=7),
+            InputSpec("persistent://public/default/d-.*", is_regex=True, receiver_queue_size=3),
+        ),
+        receiver_queue_size=500,
+    )
+    plans = {(p.topics, p.pattern, p.receiver_queue_size) for p in consumer_plan(cfg)}
+    assert plans == {
+        (("persistent://public/default/a", "persistent://public/default/c"), None, 7),
+        (("persistent://public/default/b",), None, 500),
+        ((), "persistent://public/default/d-.*", 3),
+    }
