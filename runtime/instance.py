@@ -138,9 +138,18 @@ class Instance:
                     source.nack(msg)
                 except Exception as exc:
                     _log.warning("cannot nack message %s: %s", msg.message_id(), exc)
-        self.broker.flush()
+        self._flush(deadline)
         core.settler.close()
         return drained
+
+    def _flush(self, deadline: float) -> None:
+        """Send what the producers hold, waiting at most until the deadline (a broker that is
+        away would hold a plain flush forever: sends never time out)."""
+        flushing = threading.Thread(target=self.broker.flush, name="pf-flush", daemon=True)
+        flushing.start()
+        flushing.join(max(1.0, deadline - time.monotonic()))
+        if flushing.is_alive():
+            _log.warning("outputs still unsent at the stop deadline: the broker is away")
 
     def stop(self) -> None:
         """Stop taking messages; `run` then drains and returns."""

@@ -169,6 +169,7 @@ class Tracker:
                         group.began,
                         group.attempts.get(index, 0),
                     )
+                    ticket.settled = group.settled  # made late: nothing waits for its sends
         return ticket
 
     # -- sends and failures --------------------------------------------------------------------
@@ -307,7 +308,7 @@ class Tracker:
     def claim_group(self, group: Group) -> bool:
         """Settling of `group` begins; False if it was settled or abandoned already."""
         with self._lock:
-            if self._open.pop(id(group), None) is None:
+            if self._abandoned or self._open.pop(id(group), None) is None:
                 return False
             group.settled = True
             for ticket in group.tickets.values():
