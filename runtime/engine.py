@@ -26,7 +26,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,29 +116,43 @@ class Receiver:
 class Services:
     """What a Context asks of the running instance: publish, ack, metrics."""
 
-    def __init__(self, broker: Broker, tracker: Tracker, metrics: Metrics, tracks: bool) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        tracker: Tracker,
+        metrics: Metrics,
+        tracks: bool,
+        later: Callable[[Callable[[], None]], None],
+    ) -> None:
         self._broker = broker
         self._tracker = tracker
         self._metrics = metrics
         self._tracks = tracks  # publishes hold the input's settling (not under ATMOST_ONCE)
+        self._later = later  # runs a callable off the client's thread (the settler's thread)
 
     def publish(
         self, ticket: Ticket | None, message: OutMessage
     ) -> concurrent.futures.Future[None]:
         """Send `message`; while `ticket` is unsettled, its settling waits for the receipt.
-        The future completes when the broker has persisted it (or failed)."""
+
+        The future completes when the broker has persisted it (or failed), on the settler's
+        thread: the function's own callbacks never run on the client's IO thread.
+        """
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         tracked = ticket is not None and self._tracks and self._tracker.hold(ticket)
         tracker = self._tracker
 
-        def sent(error: Exception | None) -> None:  # the client's IO thread: record only
-            if tracked:
-                assert ticket is not None
-                tracker.release(ticket, error)
+        def complete(error: Exception | None) -> None:
             if error is None:
                 future.set_result(None)
             else:
                 future.set_exception(error)
+
+        def sent(error: Exception | None) -> None:  # the client's IO thread: record, hand off
+            if tracked:
+                assert ticket is not None
+                tracker.release(ticket, error)
+            self._later(lambda: complete(error))
 
         self._broker.send(message, sent)
         return future

@@ -85,7 +85,7 @@ class Instance:
         tracks = config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
         env = FunctionEnv(
             config=config,
-            services=Services(broker, tracker, self.metrics, tracks),
+            services=Services(broker, tracker, self.metrics, tracks, settler.later),
             logger=logger or logging.getLogger(f"pulsarfunc.function.{config.name}"),
             secrets=secrets or (lambda name: None),
         )

@@ -108,6 +108,10 @@ class Settler:
         self._thread = threading.Thread(target=self._serve, name="pf-settle", daemon=True)
         self._thread.start()
 
+    def later(self, outcome: Callable[[], None]) -> None:
+        """Run `outcome` on the settler's thread (from a client callback: hand it off)."""
+        self._outcomes.put(outcome)
+
     def close(self) -> None:
         """Stop the settler's thread once what it was handed is done."""
         self._outcomes.put(None)

@@ -19,6 +19,7 @@ from pulsarfunc.runtime.transport import (
 )
 
 _ids = itertools.count(1)
+IO_THREAD = "fake-client-io"  # the thread receipts come on, as the client's IO thread
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ class FakeBroker:
                 held.wait(10)
             callback(error)
 
-        threading.Thread(target=call_back, daemon=True).start()
+        threading.Thread(target=call_back, name=IO_THREAD, daemon=True).start()
 
     def _keep(self, message: OutMessage) -> None:
         """Record a message as persisted, or as a dropped duplicate (under the lock)."""
@@ -229,7 +230,7 @@ class FakeBroker:
                     errors[position] = RuntimeError(f"send to {message.topic} refused")
                 else:
                     self._keep(message)
-        threading.Thread(target=callback, args=(errors,), daemon=True).start()
+        threading.Thread(target=callback, args=(errors,), name=IO_THREAD, daemon=True).start()
 
     def flush(self) -> None:
         self.flushed += 1

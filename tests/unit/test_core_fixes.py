@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from fake_broker import FakeBroker, FakeId, FakeMessage
+from fake_broker import IO_THREAD, FakeBroker, FakeId, FakeMessage
 from waiting import wait_for
 
 from pulsarfunc import Context
@@ -419,6 +419,44 @@ def test_h_after_a_quiet_period_the_fast_path_comes_back(monkeypatch: pytest.Mon
         broker.feed(*(FakeMessage(f"n{i}".encode()) for i in range(5)))
         wait_for(lambda: len(broker.sources[0].acked) == 10)
         assert not redeliveries.failing
+
+
+# --- callbacks only record: nothing of the function's runs on the client's IO thread -------
+
+
+def test_publish_callbacks_and_settling_never_run_on_the_clients_io_thread() -> None:
+    broker = FakeBroker()
+    broker.feed(*(FakeMessage(f"m{i}".encode()) for i in range(5)))
+    threads: list[str] = []
+    acked_on: list[str] = []
+    original = broker.sources[0].ack
+
+    def ack(message: Any) -> None:
+        acked_on.append(threading.current_thread().name)
+        original(message)
+
+    broker.sources[0].ack = ack  # type: ignore[method-assign]
+
+    def fanout(ctx: Context, text: str) -> None:
+        ctx.publish(
+            "persistent://public/default/side",
+            text,
+            callback=lambda error, _id: threads.append(threading.current_thread().name),
+        )
+
+    for handler_is_async in (False, True):
+
+        async def fanout_async(ctx: Context, text: str) -> None:
+            fanout(ctx, text)
+
+        threads.clear()
+        acked_on.clear()
+        with running(fanout_async if handler_is_async else fanout, broker):
+            wait_for(lambda: len(threads) == 5 and len(acked_on) == 5)
+        # the settler's thread, or the handler's when the send was done before it asked
+        assert IO_THREAD not in threads
+        assert IO_THREAD not in acked_on
+        broker.feed(*(FakeMessage(f"n{i}".encode()) for i in range(5)))
 
 
 # --- j. producers at start ------------------------------------------------------------------------
