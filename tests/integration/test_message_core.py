@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from flaky import FailsOnce
 from pulsar import BatchingType, ConsumerType, MessageId
 from pulsar_helpers import PulsarBroker, client, produce, subscribe_first, unique_topic
 from runtime_harness import admin, config_for, running, wait_backlog, wait_for
@@ -58,21 +59,14 @@ def test_a_after_a_failure_later_non_persistent_messages_are_processed_not_skipp
 ) -> None:
     src = f"non-persistent://public/default/np-{uuid.uuid4().hex[:8]}"
     out = unique_topic("out")
-    calls: list[str] = []
-
-    def fails_m3_once(text: str) -> str:
-        calls.append(text)
-        if text == "m3" and calls.count("m3") == 1:
-            raise RuntimeError("once")
-        return text
-
+    handler = FailsOnce("m3")
     config = config_for(pulsar.service_url, src, output=out, redelivery_delay_ms=100)
-    with subscribe_first(pulsar.service_url, out) as sink, running(fails_m3_once, config):
+    with subscribe_first(pulsar.service_url, out) as sink, running(handler, config):
         # a non-persistent topic keeps nothing for a subscription made later: produce now
         produce(pulsar.service_url, src, [f"m{i}".encode() for i in range(100)])
         got = sink.collect(100, timeout_s=30)
     assert sorted(r.data for r in got) == sorted(f"m{i}".encode() for i in range(100))
-    assert calls.count("m3") == 2  # retried by the instance: the broker drops a nacked one
+    assert handler.calls.count("m3") == 2  # retried by the instance: the broker drops a nacked one
 
 
 # --- b, c. effectively-once ----------------------------------------------------------------------
@@ -83,14 +77,7 @@ def test_b_effectively_once_output_of_a_message_that_failed_once_is_on_the_outpu
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     src, out = f"persistent://{dedup_ns}/in-{tag}", f"persistent://{dedup_ns}/out-{tag}"
-    calls: list[str] = []
-
-    def once(text: str) -> str:
-        calls.append(text)
-        if text == "m20" and calls.count("m20") == 1:
-            raise RuntimeError("transient")
-        return text + "!"
-
+    once = FailsOnce("m20", then=lambda text: text + "!")
     produce(pulsar.service_url, src, [f"m{i}".encode() for i in range(60)])
     config = config_for(
         pulsar.service_url,
@@ -253,14 +240,11 @@ def test_h_a_slow_handler_does_not_process_the_siblings_of_a_nacked_batch_again(
             producer.send_async(f"s{i}".encode(), None)
         producer.flush()
         producer.close()
-    calls: list[str] = []
+    once = FailsOnce("s300")
 
     def slow(text: str) -> str:
         time.sleep(0.001)  # groups of a few messages
-        calls.append(text)
-        if text == "s300" and calls.count("s300") == 1:
-            raise RuntimeError("once")
-        return text
+        return once(text)
 
     config = config_for(pulsar.service_url, src, output=out, redelivery_delay_ms=200)
     with subscribe_first(pulsar.service_url, out) as sink, running(slow, config):
@@ -269,7 +253,7 @@ def test_h_a_slow_handler_does_not_process_the_siblings_of_a_nacked_batch_again(
         with pytest.raises(TimeoutError):
             sink.collect(1, timeout_s=2)
     assert sorted(r.data for r in got) == sorted(f"s{i}".encode() for i in range(400))
-    assert len(calls) == 401  # the 399 siblings the broker sent back were not processed again
+    assert len(once.calls) == 401  # the 399 siblings the broker sent back were not processed again
 
 
 # --- j. producers at start -----------------------------------------------------------------------

@@ -13,11 +13,13 @@ import datetime
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 from fake_broker import IO_THREAD, FakeBroker, FakeId, FakeMessage
+from flaky import FailsOnce
+from test_instance import make_config, started
 from waiting import wait_for
 
 from pulsarfunc import Context
@@ -42,26 +44,16 @@ EO = ProcessingGuarantee.EFFECTIVELY_ONCE
 
 
 def config(**fields: Any) -> FunctionConfig:
-    fields.setdefault("inputs", (InputSpec(IN),))
-    fields.setdefault("output", OUT)
-    fields.setdefault("name", "fn")
     fields.setdefault("redelivery_delay_ms", 20)
-    return FunctionConfig(**fields)
+    return make_config(**fields)
 
 
-@contextmanager
-def running(handler: Callable[..., Any], broker: FakeBroker, **fields: Any) -> Iterator[Instance]:
-    instance = Instance(config(**fields), inspect_handler(handler), broker)
-    result: list[bool] = []
-    thread = threading.Thread(target=lambda: result.append(instance.run()), daemon=True)
-    thread.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
-        thread.join(10)
-        assert not thread.is_alive()
-    assert result == [True]  # the graceful stop settled everything
+def running(
+    handler: Callable[..., Any], broker: FakeBroker, **fields: Any
+) -> AbstractContextManager[Instance]:
+    """`test_instance.started` with quick retries: the stop must settle everything."""
+    fields.setdefault("redelivery_delay_ms", 20)
+    return started(handler, broker, **fields)
 
 
 def outputs(broker: FakeBroker, topic: str = OUT) -> list[bytes]:
@@ -86,18 +78,11 @@ def test_a_after_a_failure_every_later_non_persistent_message_is_still_processed
 ) -> None:
     broker = FakeBroker()
     broker.feed(*(non_persistent(f"m{i}".encode()) for i in range(20)))
-    calls: list[str] = []
-
-    def fails_m3_once(text: str) -> str:
-        calls.append(text)
-        if text == "m3" and calls.count("m3") == 1:
-            raise RuntimeError("once")
-        return text
-
-    with running(fails_m3_once, broker, inputs=(InputSpec(NP_IN),), **fields):
+    handler = FailsOnce("m3")
+    with running(handler, broker, inputs=(InputSpec(NP_IN),), **fields):
         wait_for(lambda: len(outputs(broker)) == 20)
     assert sorted(outputs(broker)) == sorted(f"m{i}".encode() for i in range(20))
-    assert calls.count("m3") == 2  # retried here: the broker would drop a nacked message
+    assert handler.calls.count("m3") == 2  # retried here: the broker would drop a nacked message
     assert broker.sources[0].nacked == []
     assert len(broker.sources[0].acked) == 20  # each acked once, after its output
 
@@ -136,22 +121,16 @@ def test_b_effectively_once_retries_a_failed_message_before_any_later_output(
     broker = FakeBroker()
     broker.dedup = True  # the namespace deduplicates by producer name and sequence id
     broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(11, 1, i)) for i in range(30)))
-    calls: list[str] = []
-
-    def once(text: str) -> str:
-        calls.append(text)
-        if text == "m7" and calls.count("m7") == 1:
-            raise RuntimeError("transient")
-        return text
+    once = FailsOnce("m7")
 
     async def once_async(text: str) -> str:
         return once(text)
 
-    handler = once_async if is_async else once
-    with running(handler, broker, processing_guarantee=EO):
+    with running(once_async if is_async else once, broker, processing_guarantee=EO):
         wait_for(lambda: len(broker.sources[0].acked) == 30)
     assert outputs(broker) == [f"m{i}".encode() for i in range(30)]  # m7 in its place
     assert broker.dropped == []
+    calls = once.calls
     assert calls[: calls.index("m7") + 2] == [f"m{i}" for i in range(8)] + ["m7"]
 
 
@@ -381,21 +360,18 @@ def test_g_key_order_follows_the_ordering_key_before_the_partition_key(is_async:
 def test_h_siblings_of_a_nacked_batch_are_not_processed_again_with_one_message_groups() -> None:
     broker = FakeBroker(whole_batches=True)  # a nack brings the whole producer batch back
     broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(9, 1, i)) for i in range(300)))
-    calls: list[str] = []
+    once = FailsOnce("m250")
 
     def slow(text: str) -> str:
         time.sleep(0.0005)  # past the 5 ms group budget in a few: groups of one or two
-        calls.append(text)
-        if text == "m250" and calls.count("m250") == 1:
-            raise RuntimeError("once")
-        return text
+        return once(text)
 
     with running(slow, broker) as instance:
         wait_for(lambda: instance.metrics.snapshot().processed_successfully == 300)
     # the 250 siblings settled before m250 failed came back with it (and those delivered
     # since): each was acknowledged on arrival, none processed again
     assert instance.metrics.snapshot().copies_skipped >= 250
-    assert len(calls) == 301
+    assert len(once.calls) == 301
     assert sorted(outputs(broker)) == sorted(f"m{i}".encode() for i in range(300))
 
 
@@ -403,15 +379,7 @@ def test_h_after_a_quiet_period_the_fast_path_comes_back(monkeypatch: pytest.Mon
     monkeypatch.setattr(settle, "QUIET_S", 0.3)
     broker = FakeBroker()
     broker.feed(*(FakeMessage(f"m{i}".encode()) for i in range(5)))
-    calls: list[str] = []
-
-    def once(text: str) -> str:
-        calls.append(text)
-        if text == "m1" and calls.count("m1") == 1:
-            raise RuntimeError("once")
-        return text
-
-    with running(once, broker, redelivery_delay_ms=10) as instance:
+    with running(FailsOnce("m1"), broker, redelivery_delay_ms=10) as instance:
         redeliveries = instance.core.settler.redeliveries
         wait_for(lambda: len(broker.sources[0].acked) == 5)
         assert redeliveries.watching

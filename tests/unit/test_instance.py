@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fake_broker import FakeBroker, FakeId, FakeMessage
+from flaky import FailsOnce
 from waiting import wait_for
 
 from pulsarfunc import Context, current_context
@@ -36,8 +37,11 @@ def make_config(**fields: Any) -> FunctionConfig:
 
 @contextmanager
 def started(handler: Callable[..., Any], broker: FakeBroker, **fields: Any) -> Iterator[Instance]:
+    """The instance running on its own thread; on exit it is stopped, and the stop must have
+    settled every message in time."""
     instance = Instance(make_config(**fields), inspect_handler(handler), broker)
-    thread = threading.Thread(target=instance.run, daemon=True)
+    drained: list[bool] = []
+    thread = threading.Thread(target=lambda: drained.append(instance.run()), daemon=True)
     thread.start()
     try:
         yield instance
@@ -45,6 +49,7 @@ def started(handler: Callable[..., Any], broker: FakeBroker, **fields: Any) -> I
         instance.stop()
         thread.join(10)
         assert not thread.is_alive()
+    assert drained == [True]
 
 
 def payloads(broker: FakeBroker, topic: str = OUT) -> list[bytes]:
@@ -324,18 +329,11 @@ def test_effective_concurrency(fields: dict[str, Any], is_async: bool, expected:
 def test_a_nacked_batch_comes_back_whole_but_only_the_failed_message_runs_again() -> None:
     broker = FakeBroker(whole_batches=True)  # a broker without batch-index acks
     broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(9, 1, i)) for i in range(5)))
-    calls: list[str] = []
-
-    def flaky(text: str) -> str:
-        calls.append(text)
-        if text == "m2" and calls.count("m2") == 1:
-            raise RuntimeError("once")
-        return text
-
+    flaky = FailsOnce("m2")
     with started(flaky, broker, redelivery_delay_ms=0) as inst:
         wait_for(lambda: inst.metrics.snapshot().processed_successfully == 5)
         wait_for(lambda: inst.metrics.snapshot().copies_skipped == 4)
-    assert sorted(calls) == ["m0", "m1", "m2", "m2", "m3", "m4"]
+    assert sorted(flaky.calls) == ["m0", "m1", "m2", "m2", "m3", "m4"]
     assert sorted(payloads(broker)) == [b"m0", b"m1", b"m2", b"m3", b"m4"]  # no duplicates
     assert len(broker.sources[0].acked) == 5 + 4  # the four copies are acked on arrival
 
