@@ -205,7 +205,10 @@ class _Services:
         self.metrics: dict[str, list[float]] = {}
 
     def publish(
-        self, ticket: Ticket | None, message: OutMessage
+        self,
+        ticket: Ticket | None,
+        message: OutMessage,
+        callback: Callable[[Exception | None], None] | None = None,
     ) -> concurrent.futures.Future[None]:
         call = ticket.msg.message_id().entry_id() if ticket is not None else -1
         self.published.append(
@@ -220,6 +223,8 @@ class _Services:
         )
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         done.set_result(None)
+        if callback is not None:
+            callback(None)
         return done
 
     def ack(self, ticket: Ticket | None) -> None:

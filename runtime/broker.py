@@ -454,6 +454,13 @@ class PulsarBroker:
                 else:
                     send(producer, message, None)
             except Exception as exc:
+                if messages[0].producer_name is not None and position < tail:
+                    # effectively-once: nothing after a refused output may reach the broker
+                    # before it (its sequence id would make the broker drop the refused one
+                    # when it is sent again); the rest fail with it
+                    receipt.refused(range(position, len(messages)), exc)
+                    receipt.tail(self._flushed(producer), None)
+                    return
                 receipt.refused((position,), exc)
                 if position == tail:  # no receipt covers the ones before: wait for them
                     receipt.tail(self._flushed(producer), None)

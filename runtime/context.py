@@ -9,6 +9,7 @@ the class is a `pulsar.Context`, so code typed against Pulsar's API accepts it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +32,10 @@ class Services(Protocol):
     """What a Context needs from the running instance (or from `pulsarfunc.testing`)."""
 
     def publish(
-        self, ticket: Ticket | None, message: OutMessage
+        self,
+        ticket: Ticket | None,
+        message: OutMessage,
+        callback: Callable[[Exception | None], None] | None = None,
     ) -> concurrent.futures.Future[None]: ...
 
     def ack(self, ticket: Ticket | None) -> None: ...
@@ -238,7 +242,9 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
         """Publish `message` to `topic_name`; under at-least-once the input waits for it.
 
         The value is encoded by its type (bytes, str, JSON) unless a Pulsar serde class is
-        named. Returns a future that completes when the broker has persisted the message.
+        named. Returns a future that completes when the broker has persisted the message;
+        `callback(error, None)` is called then (error None: persisted), on a thread of the
+        instance's own: never the handler's, never the Pulsar client's.
         """
         from pulsarfunc.runtime import codec
 
@@ -254,10 +260,8 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
             props or None,
             conf.get("event_timestamp"),
         )
-        future = self._env.services.publish(self._ticket, out)
-        if callback is not None:
-            future.add_done_callback(lambda f: callback(f.exception(), None))
-        return future
+        done = None if callback is None else (lambda error: callback(error, None))
+        return self._env.services.publish(self._ticket, out, done)
 
     def ack(self, msgid: Any = None, topic: Any = None) -> None:
         """Acknowledge the current message (MANUAL processing guarantee)."""
@@ -370,5 +374,7 @@ def bind(ctx: Context | Cursor) -> Any:
 
 
 def unbind(token: Any) -> None:
-    """Restore the context that was current before `bind`."""
-    _current.reset(token)
+    """Restore the context that was current before `bind` (nothing to restore when a call is
+    finalised in another context: a coroutine closed with its event loop)."""
+    with contextlib.suppress(ValueError):
+        _current.reset(token)

@@ -17,7 +17,8 @@ Engines differ only in how they pick messages and when they settle them:
     AsyncEngine    (engine_async.py)    async handlers: one event loop, many messages at once
 
 An engine's `start()` starts its threads; `stop()` makes them stop taking messages, finish what
-they took and return; the instance (`instance.py`) waits for the tracker to be idle.
+they took and return (`join`); the instance (`instance.py`) waits for the tracker to be idle,
+gives up what is left at the deadline, then `close()`s the engine.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Protocol
 
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee, SubscriptionType
 from pulsarfunc.runtime.context import FunctionEnv
+from pulsarfunc.runtime.handoff import Handoff
 from pulsarfunc.runtime.invoke import Invoker
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
@@ -116,27 +118,29 @@ class Receiver:
 class Services:
     """What a Context asks of the running instance: publish, ack, metrics."""
 
-    def __init__(
-        self,
-        broker: Broker,
-        tracker: Tracker,
-        metrics: Metrics,
-        tracks: bool,
-        later: Callable[[Callable[[], None]], None],
-    ) -> None:
+    def __init__(self, broker: Broker, tracker: Tracker, metrics: Metrics, tracks: bool) -> None:
         self._broker = broker
         self._tracker = tracker
         self._metrics = metrics
         self._tracks = tracks  # publishes hold the input's settling (not under ATMOST_ONCE)
-        self._later = later  # runs a callable off the client's thread (the settler's thread)
+        # Publish futures complete here, off the client's thread; a thread of their own, so a
+        # function's callback that blocks holds up only other publish callbacks.
+        self._callbacks = Handoff("pf-callbacks")
+
+    def close(self) -> None:
+        self._callbacks.close()
 
     def publish(
-        self, ticket: Ticket | None, message: OutMessage
+        self,
+        ticket: Ticket | None,
+        message: OutMessage,
+        callback: Callable[[Exception | None], None] | None = None,
     ) -> concurrent.futures.Future[None]:
         """Send `message`; while `ticket` is unsettled, its settling waits for the receipt.
 
-        The future completes when the broker has persisted it (or failed), on the settler's
-        thread: the function's own callbacks never run on the client's IO thread.
+        The future completes, and `callback` is called, when the broker has persisted it (or
+        failed), on a thread of the instance: the function's own callbacks never run on the
+        client's IO thread, nor hold up the handler or the settling of messages.
         """
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         tracked = ticket is not None and self._tracks and self._tracker.hold(ticket)
@@ -147,12 +151,14 @@ class Services:
                 future.set_result(None)
             else:
                 future.set_exception(error)
+            if callback is not None:
+                callback(error)
 
         def sent(error: Exception | None) -> None:  # the client's IO thread: record, hand off
             if tracked:
                 assert ticket is not None
                 tracker.release(ticket, error)
-            self._later(lambda: complete(error))
+            self._callbacks(lambda: complete(error))
 
         self._broker.send(message, sent)
         return future
@@ -197,6 +203,10 @@ class Engine(Protocol):
 
     def join(self, deadline: float) -> bool:
         """Wait (until the monotonic `deadline`) for the engine's threads; True if they ended."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (its event loop); what runs still is given up."""
         ...
 
     @property

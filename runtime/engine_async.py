@@ -16,6 +16,7 @@ from the handler is a failure of that message: `invoke.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from pulsarfunc.runtime.tracker import Ticket
 from pulsarfunc.runtime.transport import OutMessage, Source
 
 _log = logging.getLogger("pulsarfunc.instance")
+_CANCEL_WAIT_S = 1.0  # at the stop, how long calls given up get to end once cancelled
 
 
 class AsyncEngine:
@@ -45,7 +47,9 @@ class AsyncEngine:
         self._tracks = core.config.processing_guarantee.name != "ATMOST_ONCE"
         self._outbox: list[OutMessage] = []  # outputs of this pass of the loop
         self._owners: list[Ticket | None] = []  # the ticket each settles (None: untracked)
+        self._retry: asyncio.TimerHandle | None = None  # the one timer for parked retries
         core.tracker.on_ready = self._ready
+        core.tracker.on_parked = self._parked
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -71,26 +75,39 @@ class AsyncEngine:
         """Receivers watch `core.stopping`; the loop runs until `join`."""
 
     def join(self, deadline: float) -> bool:
-        """Wait for the receivers, then for every message taken to settle; stop the loop."""
+        """Wait for the receivers, then for every message taken to settle (until the
+        deadline); True if everything was."""
         core = self.core
         for thread in self._receivers:
             thread.join(max(0.0, deadline - time.monotonic()))
         for source in core.broker.sources:  # retries not due yet are not waited for
             core.settler.give_back(core.tracker.due(source, float("inf"), 1 << 62))
         idle = core.tracker.wait_idle(deadline)
-        if not idle:
-            self._loop.call_soon_threadsafe(self._cancel_all)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._loop_thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
         return idle and not any(t.is_alive() for t in self._receivers)
+
+    def close(self) -> None:
+        """Cancel what still runs (after the instance gave it up) and stop the loop."""
+        if self._loop.is_closed():
+            return
+        try:
+            cancelled = asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop)
+            with contextlib.suppress(Exception):
+                cancelled.result(_CANCEL_WAIT_S)  # a handler may ignore its cancellation
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        except RuntimeError:  # closed meanwhile
+            return
+        self._loop_thread.join(_CANCEL_WAIT_S)
 
     @property
     def alive(self) -> bool:
         return self._loop_thread.is_alive() and all(t.is_alive() for t in self._receivers)
 
-    def _cancel_all(self) -> None:
-        for task in asyncio.all_tasks(self._loop):
+    async def _cancel_all(self) -> None:
+        tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_CANCEL_WAIT_S)
 
     # -- receiving -------------------------------------------------------------------------------
     def _receive(self, source: Source) -> None:
@@ -186,18 +203,35 @@ class AsyncEngine:
             _log.warning("%d messages ready after the stop, left unacknowledged", len(tickets))
 
     def _settle(self, tickets: list[Ticket]) -> None:
-        parked = self.core.settler.settle(tickets)
-        if parked:
-            delay = max(0.0, min(p.due for p in parked) - time.monotonic())
-            self._loop.call_later(delay, self._retry_parked)
+        self.core.tracker.park(self.core.settler.settle(tickets))
+
+    def _parked(self) -> None:
+        """Something was parked (any thread): the loop sets its retry timer."""
+        if threading.get_ident() == self._loop_ident:
+            self._arm_retry()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the instance stopped
+            self._loop.call_soon_threadsafe(self._arm_retry)
+
+    def _arm_retry(self) -> None:
+        """One timer, at the next parked message's time (moved earlier, never doubled)."""
+        tracker, sources = self.core.tracker, self.core.broker.sources
+        dues = [due for s in sources if (due := tracker.next_due(s)) is not None]
+        if not dues:
+            return
+        when = self._loop.time() + max(0.0, min(dues) - time.monotonic())
+        if self._retry is not None and not self._retry.cancelled():
+            if self._retry.when() <= when:
+                return
+            self._retry.cancel()
+        self._retry = self._loop.call_at(when, self._retry_parked)
 
     def _retry_parked(self) -> None:
         """Failed messages the broker cannot redeliver are tried again here once due."""
-        tracker, sources = self.core.tracker, self.core.broker.sources
+        self._retry = None
+        tracker = self.core.tracker
         now = time.monotonic()
-        for source in sources:
+        for source in self.core.broker.sources:
             for parked in tracker.due(source, now, 1 << 30):
                 self._spawn(tracker.open(parked.source, parked.msg, parked))
-        later = [due for s in sources if (due := tracker.next_due(s)) is not None]
-        if later:
-            self._loop.call_later(max(0.0, min(later) - now), self._retry_parked)
+        self._arm_retry()

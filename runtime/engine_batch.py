@@ -69,7 +69,8 @@ class BatchEngine:
         tracker, receiver, stopping = core.tracker, core.receiver, core.stopping
         room = max(core.config.receiver_queue_size, BATCH_MAX)  # parked retries held at most
         last: list[InMessage] = []
-        with GroupRunner(core, source) as runner:
+        runner = GroupRunner(core, source)
+        try:
             while not stopping.is_set():
                 parked = tracker.due(source, time.monotonic(), runner.limit)
                 if parked:
@@ -89,8 +90,12 @@ class BatchEngine:
                 runner.settle_ready()
             if core.concurrency == 1 and core.config.processing_guarantee in ACKED_ON_SUCCESS:
                 self._finish_open_entries(runner, source, last)
-            runner.settle_all()
+        finally:
+            runner.close()
         core.settler.give_back(tracker.due(source, float("inf"), 1 << 62))
+
+    def close(self) -> None:
+        """Nothing to release: the threads end on their own (or are left behind, daemons)."""
 
     def _turn(self) -> contextlib.AbstractContextManager[object]:
         return self._serial if self._capped else contextlib.nullcontext()

@@ -19,11 +19,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from pulsarfunc.runtime.config import ProcessingGuarantee
 from pulsarfunc.runtime.engine import BATCH_MAX, Core, ordering_key
 from pulsarfunc.runtime.groups import GroupRunner
+from pulsarfunc.runtime.tracker import Parked
 from pulsarfunc.runtime.transport import InMessage, Source
 
 _IDLE_S = 0.05  # how long an idle lane waits for work before it checks for a stop
@@ -36,7 +38,7 @@ class OrderedEngine:
         self.core = core
         self.lanes = lanes
         self._threads: list[threading.Thread] = []
-        self._queues: list[queue.SimpleQueue[tuple[Source, Sequence[InMessage]]]] = []
+        self._queues: list[queue.SimpleQueue[_Work]] = []
         self._receivers: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -72,11 +74,16 @@ class OrderedEngine:
     def alive(self) -> bool:
         return all(t.is_alive() for t in [*self._receivers, *self._threads])
 
+    def close(self) -> None:
+        """Nothing to release: the threads end on their own (or are left behind, daemons)."""
+
     # -- one lane, in order ----------------------------------------------------------------------
     def _in_order(self, source: Source) -> None:
         core = self.core
         tracker, stopping = core.tracker, core.stopping
-        with GroupRunner(core, source, in_order=True) as runner:
+        effectively_once = core.config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
+        runner = GroupRunner(core, source, in_order=True, overlap=not effectively_once)
+        try:
             while not stopping.is_set():
                 next_due = tracker.next_due(source, in_order=True)
                 if next_due is None:
@@ -93,34 +100,43 @@ class OrderedEngine:
                     runner.settle_all()
                     stopping.wait(min(next_due - time.monotonic(), 0.1))
                 runner.settle_ready()
-            runner.settle_all()
+        finally:
+            runner.close()
         core.settler.give_back(tracker.due(source, float("inf"), 1 << 62))
 
     # -- lanes by key ------------------------------------------------------------------------------
     def _route(self, source: Source) -> None:
-        """Take messages and hand each to its key's lane, as room frees up."""
+        """Take messages (and due retries) and hand each to its key's lane, as room frees up."""
         core = self.core
+        tracker = core.tracker
         limit = max(core.config.receiver_queue_size, 2 * self.lanes)
-        lanes = self._queues
-        count = len(lanes)
         while not core.stopping.is_set():
-            if not core.tracker.wait_room(limit, 0.1):
+            parked = tracker.due(source, time.monotonic(), BATCH_MAX)
+            if parked:  # a retry goes to its key's lane too: same key, never at once
+                self._hand_out(source, parked, [p.msg for p in parked])
+                continue
+            if not tracker.wait_room(limit, 0.1):
                 continue
             batch = core.receiver.take(source)
-            if not batch:
-                continue
-            parts: list[list[InMessage]] = [[] for _ in range(count)]
-            for msg in batch:
-                parts[hash(ordering_key(msg)) % count].append(msg)
-            for lane, part in zip(lanes, parts, strict=True):
-                if part:
-                    lane.put((source, part))
+            if batch:
+                self._hand_out(source, batch, batch)
 
-    def _lane(self, work: queue.SimpleQueue[tuple[Source, Sequence[InMessage]]]) -> None:
+    def _hand_out(
+        self, source: Source, items: Sequence[Parked | InMessage], msgs: Sequence[InMessage]
+    ) -> None:
+        count = len(self._queues)
+        parts: list[list[Parked | InMessage]] = [[] for _ in range(count)]
+        for item, msg in zip(items, msgs, strict=True):
+            parts[hash(ordering_key(msg)) % count].append(item)
+        for lane, part in zip(self._queues, parts, strict=True):
+            if part:
+                lane.put((source, part))
+
+    def _lane(self, work: queue.SimpleQueue[_Work]) -> None:
         core = self.core
-        tracker, stopping = core.tracker, core.stopping
+        stopping = core.stopping
         runners: dict[int, GroupRunner] = {}
-        held: tuple[Source, Sequence[InMessage]] | None = None  # taken, of another source
+        held: _Work | None = None  # taken already: of another source, or of another kind
         while True:
             if held is None:
                 try:
@@ -130,35 +146,31 @@ class OrderedEngine:
                         runner.settle_all()
                     if stopping.is_set() and not any(t.is_alive() for t in self._receivers):
                         break
-                    self._retry_parked(runners.values())
                     continue
-            source, msgs = held
+            source, items = held
             held = None
-            group = list(msgs)
-            while len(group) < BATCH_MAX:  # what else is queued for this lane, same source
+            replay = isinstance(items[0], Parked)
+            group = list(items)
+            while len(group) < BATCH_MAX:  # what else is queued for this lane, same kind
                 try:
                     held = work.get_nowait()
                 except queue.Empty:
                     break
-                if held[0] is not source:
+                if held[0] is not source or isinstance(held[1][0], Parked) is not replay:
                     break
                 group += held[1]
                 held = None
             runner = runners.get(id(source)) or runners.setdefault(
-                id(source), GroupRunner(core, source).__enter__()
+                id(source), GroupRunner(core, source)
             )
-            runner.run(group)
+            if replay:
+                runner.run_parked([p for p in group if isinstance(p, Parked)])
+            else:
+                runner.run([m for m in group if not isinstance(m, Parked)])
             runner.settle_ready()
-            self._retry_parked((runner,))
         for runner in runners.values():
-            runner.settle_all()
-            runner.__exit__()
-            core.settler.give_back(tracker.due(runner.source, float("inf"), 1 << 62))
+            runner.close()
+            core.settler.give_back(core.tracker.due(runner.source, float("inf"), 1 << 62))
 
-    def _retry_parked(self, runners: Iterable[GroupRunner]) -> None:
-        """Non-persistent messages that failed are tried again once due (by their lane)."""
-        now = time.monotonic()
-        for runner in runners:
-            parked = self.core.tracker.due(runner.source, now, BATCH_MAX)
-            if parked:
-                runner.run_parked(parked)
+
+_Work = tuple[Source, Sequence["Parked | InMessage"]]

@@ -14,8 +14,12 @@ makes one if `current_context()` is called), no Ticket unless one is needed.
 
 `in_order` (--retain-ordering, EFFECTIVELY_ONCE): a group stops at its first failed message,
 which is settled (retried here or dead-lettered) before anything after it is processed; the
-rest of the group waits behind it. A failed send rewinds the same way: the failed message and
-everything after it, in the groups still pending too, are processed again in order.
+rest waits behind it, ahead of everything parked later. A failed send rewinds the same way:
+the failed message and everything after it, in the groups still pending too, are processed
+again in order. Under EFFECTIVELY_ONCE groups do not overlap (`overlap=False`): a group's
+outputs are sent only once the previous group's are persisted, so that no later output can
+reach the broker before an earlier one that is retried (its sequence id would then be dropped
+as a duplicate).
 """
 
 from __future__ import annotations
@@ -40,20 +44,20 @@ RECEIPT_DEADLINE_S = 120.0  # longer than a broker restart takes
 class GroupRunner:
     """Runs groups of one source on the calling thread, and settles them in order."""
 
-    def __init__(self, core: Core, source: Source, *, in_order: bool = False) -> None:
+    def __init__(
+        self, core: Core, source: Source, *, in_order: bool = False, overlap: bool = True
+    ) -> None:
         self.core = core
         self.source = source
         self.in_order = in_order
+        self.overlap = overlap
         self.pending: collections.deque[Group] = collections.deque()
         self.limit = 1  # messages the next group should take: BUDGET_S of handler time
         self._cursor = Cursor(core.env)
 
-    def __enter__(self) -> GroupRunner:
-        self._token = ctxmod.bind(self._cursor)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        ctxmod.unbind(self._token)
+    def close(self) -> None:
+        """Settle what is pending; the thread is done with this runner."""
+        self.settle_all()
         self.core.invoker.release_thread()
 
     # -- processing ------------------------------------------------------------------------------
@@ -79,12 +83,15 @@ class GroupRunner:
             settler.fail(tracker.ticket(group, index), error)
             failed.append(index)
 
-        self._cursor.enter(msgs, lambda index: tracker.ticket(group, index))
+        cursor = self._cursor
+        cursor.enter(msgs, lambda index: tracker.ticket(group, index))
+        token = ctxmod.bind(cursor)  # per group: several runners may share one thread
         try:
             stop = self.in_order
-            core.invoker.call_each(msgs, self._cursor, outbox.put, fail, stop_at_failure=stop)
+            core.invoker.call_each(msgs, cursor, outbox.put, fail, stop_at_failure=stop)
         finally:
-            self._cursor.leave()
+            ctxmod.unbind(token)
+            cursor.leave()
         cut = failed[0] + 1 if self.in_order and failed else len(msgs)
         if cut < len(msgs):
             group.msgs = msgs[:cut]  # in order: the messages after a failure wait behind it
@@ -92,12 +99,12 @@ class GroupRunner:
         self.pending.append(group)
         per_message = (time.perf_counter() - group.began) / max(1, cut)
         self.limit = max(1, min(BATCH_MAX, int(BUDGET_S / max(per_message, 1e-7))))
-        if cut < len(msgs) or (self.in_order and failed):
-            self.settle_all()  # the failed message is parked (or dead-lettered) first
-            tracker.park(
+        if (self.in_order and failed) or not self.overlap:
+            rest = [
                 Parked(self.source, msg, group.attempts.get(cut + i, 0), 0.0)
                 for i, msg in enumerate(msgs[cut:])
-            )
+            ]
+            self.settle_all(rest)  # the failed message is settled first, the rest behind it
 
     def _send(self, group: Group, outbox: Outbox) -> None:
         """Send the group's outputs, one batch per producer; each adds one receipt."""
@@ -118,32 +125,51 @@ class GroupRunner:
         if len(pending) > GROUPS_IN_FLIGHT:
             self.settle_all()
 
-    def settle_all(self) -> None:
-        """Flush, then settle every pending group in order."""
-        if not self.pending:
-            return
-        self.core.broker.flush()
+    def settle_all(self, behind: Sequence[Parked] = ()) -> None:
+        """Flush, then settle every pending group in order; `behind`: messages not processed
+        yet that come after them (in order: parked behind any retry)."""
+        parked: list[Parked] = []
+        if self.pending:
+            self.core.broker.flush()
         while self.pending:
             group = self.pending.popleft()
             _await_receipts(group)
-            self._settle(group)
+            parked += self._settle_now(group)
+        self._park([*parked, *behind])
 
     def _settle(self, group: Group) -> None:
-        parked = self.core.settler.settle_group(group)
-        if parked and self.in_order:
-            self._rewind()
+        self._park(self._settle_now(group))
 
-    def _rewind(self) -> None:
+    def _settle_now(self, group: Group) -> list[Parked]:
+        """Settle `group`; the messages to retry here, and in order all that follows them."""
+        settler = self.core.settler
+        parked = settler.settle_group(group)
+        if self.in_order and (parked or settler.dead_letters_in_flight(self.source)):
+            parked += self._rewind()
+        return parked
+
+    def _rewind(self) -> list[Parked]:
         """A message failed and waits to be tried again: the groups processed after it are
         processed again after it, in order (their outputs are replays)."""
         tracker = self.core.tracker
+        again: list[Parked] = []
         while self.pending:
             group = self.pending.popleft()
             if tracker.claim_group(group):
-                tracker.park(
+                again += [
                     Parked(group.source, msg, group.attempts.get(i, 0), 0.0)
                     for i, msg in enumerate(group.msgs)
-                )
+                ]
+        return again
+
+    def _park(self, parked: list[Parked]) -> None:
+        """In order, ahead of what was parked before (all of it comes later in the input);
+        and then nothing goes on while a dead letter's send is in flight: should it fail, the
+        message comes back here, ahead of what follows it."""
+        settler = self.core.settler
+        settler.tracker.park(parked, front=self.in_order)
+        if self.in_order and settler.dead_letters_in_flight(self.source):
+            settler.wait_dead_letters(self.source, RECEIPT_DEADLINE_S)
 
 
 class _Receipt:

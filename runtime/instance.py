@@ -83,9 +83,10 @@ class Instance:
         tracker = Tracker()
         settler = Settler(config, broker, self.metrics, tracker, in_order=ordered(config))
         tracks = config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
+        self._services = Services(broker, tracker, self.metrics, tracks)
         env = FunctionEnv(
             config=config,
-            services=Services(broker, tracker, self.metrics, tracks, settler.later),
+            services=self._services,
             logger=logger or logging.getLogger(f"pulsarfunc.function.{config.name}"),
             secrets=secrets or (lambda name: None),
         )
@@ -111,7 +112,8 @@ class Instance:
         """Process until `stop()`, then drain within the deadline and flush.
 
         True when every message taken was settled; False when some were left to the broker
-        (negatively acknowledged) at the deadline. Start-up errors are raised.
+        (negatively acknowledged) at the deadline, or lost (a non-persistent topic's message
+        waiting for a retry). Start-up errors are raised.
         """
         core = self.core
         for topic in [core.config.output, *dead_letter_topics(core.config)]:
@@ -138,9 +140,11 @@ class Instance:
                     source.nack(msg)
                 except Exception as exc:
                     _log.warning("cannot nack message %s: %s", msg.message_id(), exc)
+        self.engine.close()
         self._flush(deadline)
         core.settler.close()
-        return drained
+        self._services.close()
+        return drained and core.tracker.lost == 0
 
     def _flush(self, deadline: float) -> None:
         """Send what the producers hold, waiting at most until the deadline (a broker that is

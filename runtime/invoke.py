@@ -14,8 +14,10 @@ The rules, the same on every path:
   outputs (a yielded None is skipped);
 - a sync handler that returns an awaitable (a sync wrapper around async code) has it awaited;
 - errors are exceptions, raised to the caller unchanged, except that an `asyncio.CancelledError`
-  raised by a handler becomes `HandlerCancelledError`: a failure of that message, never a stop of
-  the engine that runs it;
+  raised by a handler (sync or async) becomes `HandlerCancelledError`: a failure of that
+  message, never a stop of the engine that runs it (only the engine's own cancellation of a
+  call it gave up at the stop deadline stays a cancellation);
+- a generator's outputs count only if it finishes: one that fails half-way gives none;
 - with `--timeout-ms`, a call that does not finish in time raises TimeoutError
   (`timeouts.py`: an async call is cancelled, a sync one abandoned on its handler thread).
 
@@ -119,11 +121,14 @@ class Invoker:
             ctxmod.unbind(token)
 
     def _outputs(self, ctx: Context, value: Any) -> list[Any]:
-        result = self._call(ctx, value)
-        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-            result = _run(result)
-        if self._yields:
-            return [out for out in result if out is not None]
+        try:
+            result = self._call(ctx, value)
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                result = _run(result)
+            if self._yields:
+                return [out for out in result if out is not None]
+        except asyncio.CancelledError as exc:
+            raise _cancelled() from exc
         return [] if result is None else [result]
 
     async def call_async(self, ctx: Context, value: Any) -> list[Any]:
@@ -138,11 +143,11 @@ class Invoker:
             out = await (result if timeout_s is None else within(result, timeout_s))
             return [] if out is None else [out]
         except asyncio.CancelledError as exc:
-            raise HandlerCancelledError(
-                "the handler raised asyncio.CancelledError",
-                "a cancelled inner task propagated out of the handler: catch it there, or let "
-                "the message fail and be retried",
-            ) from exc
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+            if cancelling is not None and cancelling():
+                raise  # the engine cancels this call (the instance gave it up): not a failure
+            raise _cancelled() from exc
         finally:
             ctxmod.unbind(token)
 
@@ -188,16 +193,27 @@ class Invoker:
                 result = plain(value)
                 if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                     result = _run(result)
-                if yields:
-                    for out in result:
-                        if out is not None:
-                            put(index, msg, out)
+                if yields:  # all of a generator's outputs, or none if it fails half-way
+                    for out in [out for out in result if out is not None]:
+                        put(index, msg, out)
                 elif result is not None:
                     put(index, msg, result)
             except Exception as exc:
                 fail(index, exc)
                 if stop_at_failure:
                     return
+            except asyncio.CancelledError:
+                fail(index, _cancelled())
+                if stop_at_failure:
+                    return
+
+
+def _cancelled() -> HandlerCancelledError:
+    return HandlerCancelledError(
+        "the handler raised asyncio.CancelledError",
+        "a cancelled inner task propagated out of the handler: catch it there, or let the "
+        "message fail and be retried",
+    )
 
 
 def _run(awaitable: Awaitable[Any]) -> Any:

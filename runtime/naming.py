@@ -31,12 +31,13 @@ def function_id(fqfn: str) -> str:
 def effectively_once_producer(fqfn: str, input_topic: str, ledger_id: int) -> str:
     """The producer of one function's outputs of one input topic partition's ledger.
 
-    Named after the input partition, as Pulsar's Java instance names it (`<partition>-0`), so
-    the broker's deduplication state follows the partition from instance to instance on a
-    failover; with the function's name, so two functions never share that state; and with the
-    ledger, so that a sequence id only needs to count within one ledger (`output_sequence_id`)
-    and fits 63 bits whatever the ledger id. Injective: the name has no "@" and the ledger is
-    digits, so the two separators are found again.
+    Named after the input partition, as Pulsar's Java instance names its effectively-once
+    producers (`<partition>-0` there), so the broker's deduplication state follows the
+    partition from instance to instance on a failover; unlike Pulsar's, with the function's
+    name, so two functions never share that state, and with the ledger, so that a sequence id
+    only needs to count within one ledger (`output_sequence_id`) and fits 63 bits whatever the
+    ledger id. (So the state does not carry over from Pulsar's own runtime.) Injective: the
+    function's name has no "@" and the ledger is digits, so both separators are found again.
     """
     return f"{fqfn}@{input_topic}@{ledger_id}"
 

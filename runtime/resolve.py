@@ -286,6 +286,16 @@ def _validate(config: FunctionConfig, source: Callable[[str], str]) -> None:
             "retain key ordering with EFFECTIVELY_ONCE",
             "EFFECTIVELY_ONCE already processes in order: drop retain key ordering",
         )
+    if config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE:
+        transient = [s.topic for s in config.inputs if s.topic.startswith("non-persistent://")]
+        if transient:
+            fail(
+                "processing_guarantee",
+                f"EFFECTIVELY_ONCE with the non-persistent input {transient[0]}: its messages "
+                "have no positions (every one is ledger 0, entry 0), so their outputs cannot "
+                "get sequence ids and the broker would drop all but the first",
+                "use ATLEAST_ONCE for non-persistent inputs, or a persistent:// topic",
+            )
 
 
 def _get(config: FunctionConfig, path: str) -> Any:

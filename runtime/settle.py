@@ -24,13 +24,13 @@ hands it to this settler's own thread (`pf-settle`), where the ack or nack is ma
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.errors import PayloadError
+from pulsarfunc.runtime.handoff import Handoff
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.naming import dead_letter_topic
 from pulsarfunc.runtime.redelivery import QUIET_S, Redeliveries, Seen, key_of
@@ -104,31 +104,20 @@ class Settler:
         self._guarantee = config.processing_guarantee
         self._acks = self._guarantee in ACKED_ON_SUCCESS
         self._clock = clock
-        self._outcomes: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="pf-settle", daemon=True)
-        self._thread.start()
-
-    def later(self, outcome: Callable[[], None]) -> None:
-        """Run `outcome` on the settler's thread (from a client callback: hand it off)."""
-        self._outcomes.put(outcome)
+        self._outcomes = Handoff("pf-settle")  # dead-letter outcomes, off the client's thread
+        self._sending = threading.Condition()
+        self._in_flight_letters: dict[int, int] = {}  # id(source) -> dead-letter sends pending
 
     def close(self) -> None:
         """Stop the settler's thread once what it was handed is done."""
-        self._outcomes.put(None)
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        while (outcome := self._outcomes.get()) is not None:
-            try:
-                outcome()
-            except Exception:
-                _log.exception("settling failed")
+        self._outcomes.close()
 
     # -- failures ------------------------------------------------------------------------------
     def fail(self, ticket: Ticket, error: BaseException, *, user: bool | None = None) -> None:
         """Record that `ticket` failed (its first error counts); it is settled later."""
         if not self.tracker.fail(ticket, error):
             return
+        ticket.counted = True
         self._count(ticket.msg, error, user)
 
     def _count(self, msg: InMessage, error: BaseException, user: bool | None) -> None:
@@ -203,21 +192,22 @@ class Settler:
                 self.fail(ticket, send_error, user=False)
         if not self.in_order:
             return self._settle_each(tickets)
-        while tickets:  # in order: nothing after a parked message is settled before it
+        while tickets:  # in order: nothing after a failed message is settled before it
             first = next((i for i, t in enumerate(tickets) if t.error is not None), len(tickets))
             parked = self._settle_each(tickets[: first + 1])
-            tickets = tickets[first + 1 :]
-            if parked:
-                after = [Parked(t.source, t.msg, t.attempts, 0.0) for t in tickets]
-                self.tracker.park(after)
-                return parked + after
+            bad, tickets = tickets[first : first + 1], tickets[first + 1 :]
+            if parked or (bad and self.dead_letters_in_flight(bad[0].source)):
+                # retried here, or its dead letter may fail: what follows waits behind it
+                return parked + [Parked(t.source, t.msg, t.attempts, 0.0) for t in tickets]
         return []
 
     def settle(self, tickets: Sequence[Ticket]) -> list[Parked]:
-        """Settle ready tickets (the async engine); returns the ones parked."""
+        """Settle ready tickets (the async engine); returns the ones to retry here."""
         return self._settle_each(self.tracker.claim(tickets))
 
     def _settle_each(self, tickets: Sequence[Ticket]) -> list[Parked]:
+        """Settle claimed tickets; the ones to retry here are returned (for the engine to
+        park: it knows where), still in flight."""
         parked: list[Parked] = []
         acked: list[InMessage] = []
         succeeded = 0
@@ -225,7 +215,8 @@ class Settler:
         now = time.perf_counter()
         done = 0  # out of flight now: all but the parked and those whose dead letter is sent
         for ticket in tickets:
-            if ticket.error is None:
+            error = ticket.error
+            if error is None:
                 succeeded += 1
                 latency_s += now - ticket.started
                 done += 1
@@ -237,8 +228,11 @@ class Settler:
                         continue
                     acked.append(ticket.msg)
                 continue
+            if not ticket.counted:  # a failed send, recorded on the client's thread
+                ticket.counted = True
+                self._count(ticket.msg, error, user=False)
             try:
-                outcome = self._settle_failure(ticket, ticket.error)
+                outcome = self._settle_failure(ticket, error)
             except Exception:
                 _log.exception("cannot settle message %s", ticket.msg.message_id())
                 outcome = None
@@ -250,8 +244,6 @@ class Settler:
             self.redeliveries.settled(acked)
         if succeeded:
             self.metrics.note_processed_many(succeeded, latency_s * 1000.0)
-        if parked:
-            self.tracker.park(parked)
         if done:
             self.tracker.finished(done)
         return parked
@@ -287,7 +279,8 @@ class Settler:
     def give_back(self, parked: Sequence[Parked]) -> None:
         """Parked messages not tried again (the instance stops): negatively acknowledged, so
         the broker gives them to the next consumer. A non-persistent topic keeps nothing: such
-        a message is lost, as the topic would lose it, and said so in the log."""
+        a message is lost, as the topic would lose it; the log says so and the stop reports
+        that not everything was settled."""
         lost = 0
         for item in parked:
             if is_local(item.msg):
@@ -298,10 +291,23 @@ class Settler:
             _log.warning(
                 "%d failed messages of non-persistent topics not retried before the stop", lost
             )
-        if parked:
-            self.tracker.finished(len(parked))
+            self.tracker.lose(lost)
+        if len(parked) > lost:
+            self.tracker.finished(len(parked) - lost)
 
     # -- dead letters ----------------------------------------------------------------------------
+    def dead_letters_in_flight(self, source: Source) -> int:
+        """Dead-letter sends of `source`'s messages whose outcome is not in yet."""
+        with self._sending:
+            return self._in_flight_letters.get(id(source), 0)
+
+    def wait_dead_letters(self, source: Source, timeout_s: float) -> bool:
+        """Wait until no dead-letter send of `source` is in flight; False after `timeout_s`."""
+        with self._sending:
+            return self._sending.wait_for(
+                lambda: not self._in_flight_letters.get(id(source)), timeout_s
+            )
+
     def _dead_letter(
         self, ticket: Ticket, error: BaseException, attempts: int, *, ack: bool
     ) -> object:
@@ -314,9 +320,11 @@ class Settler:
         out = dead_letter_message(msg, error, attempts, topic, self.config.fqfn)
         if ack:
             self.redeliveries.dead_lettering(msg)
+        with self._sending:
+            self._in_flight_letters[id(source)] = self._in_flight_letters.get(id(source), 0) + 1
 
         def sent(send_error: Exception | None) -> None:  # the client's IO thread: hand off
-            self._outcomes.put(
+            self._outcomes(
                 lambda: self._dead_lettered(source, msg, topic, attempts, send_error, ack)
             )
 
@@ -333,6 +341,22 @@ class Settler:
         ack: bool,
     ) -> None:
         """The outcome of a dead-letter send, on the settler's thread."""
+        try:
+            self._dead_letter_outcome(source, msg, topic, attempts, send_error, ack)
+        finally:
+            with self._sending:
+                self._in_flight_letters[id(source)] -= 1
+                self._sending.notify_all()
+
+    def _dead_letter_outcome(
+        self,
+        source: Source,
+        msg: InMessage,
+        topic: str,
+        attempts: int,
+        send_error: Exception | None,
+        ack: bool,
+    ) -> None:
         if send_error is None:
             if ack:
                 self.redeliveries.dead_lettered(msg, persisted=True)
@@ -352,7 +376,8 @@ class Settler:
             return
         self.redeliveries.dead_lettered(msg, persisted=False)
         if self.in_order or is_local(msg):  # the broker cannot bring it back: keep it here
-            self.tracker.park([Parked(source, msg, attempts - 1, self._due())])
+            retry = Parked(source, msg, attempts - 1, self._due())
+            self.tracker.park([retry], front=self.in_order)
             return
         source.nack(msg)  # processed again on redelivery
         self.tracker.finished(1)

@@ -37,6 +37,7 @@ class Ticket:
     __slots__ = (
         "acked",
         "attempts",
+        "counted",
         "error",
         "group",
         "msg",
@@ -60,6 +61,7 @@ class Ticket:
         self.group = group  # set: its sends count on the group
         self.pending = 1  # the handler; each tracked send adds one (ungrouped tickets)
         self.error: BaseException | None = None
+        self.counted = False  # its error is in the metrics and the log already
         self.settled = False
         self.acked = False  # by the function itself (MANUAL: context.ack())
         self.outputs = 0  # outputs built so far (effectively-once numbers them)
@@ -129,7 +131,9 @@ class Tracker:
         self._open: dict[int, Ticket | Group] = {}  # id() -> what is not settled yet
         self._parked: collections.deque[Parked] = collections.deque()
         self._abandoned = False
+        self.lost = 0  # messages given up without being settled (see `lose`)
         self.on_ready: Ready = _unset
+        self.on_parked: Callable[[], None] = _nothing  # the engine learns of new retries
 
     # -- taking messages -------------------------------------------------------------------------
     def open(self, source: Source, msg: InMessage, parked: Parked | None = None) -> Ticket:
@@ -249,10 +253,18 @@ class Tracker:
             group.done += 1
 
     # -- local retries ---------------------------------------------------------------------------
-    def park(self, parked: Iterable[Parked]) -> None:
-        """Keep failed messages (still in flight) to be tried again once due, in order."""
+    def park(self, parked: Iterable[Parked], *, front: bool = False) -> None:
+        """Keep failed messages (still in flight) to be tried again once due, in order; with
+        `front`, ahead of those parked before (in order: they come earlier in the input)."""
+        items = list(parked)
+        if not items:
+            return
         with self._lock:
-            self._parked.extend(parked)
+            if front:
+                self._parked.extendleft(reversed(items))
+            else:
+                self._parked.extend(items)
+        self.on_parked()
 
     def due(
         self, source: Source, now: float, limit: int, *, in_order: bool = False
@@ -321,6 +333,12 @@ class Tracker:
             group.settled = False
             self._open[id(group)] = group
 
+    def lose(self, count: int) -> None:
+        """`count` messages leave flight unsettled (a stop gave them up): `run` reports it."""
+        with self._lock:
+            self.lost += count
+        self.finished(count)
+
     def finished(self, count: int = 1) -> None:
         """`count` messages were settled: out of flight."""
         with self._idle:
@@ -372,3 +390,7 @@ class Tracker:
 
 def _unset(tickets: list[Ticket]) -> None:
     raise AssertionError("Tracker.on_ready is not set: the engine hands ready tickets on")
+
+
+def _nothing() -> None:
+    """No engine listens for new retries: its threads look for due ones themselves."""

@@ -22,7 +22,7 @@ from flaky import FailsOnce
 from test_instance import make_config, started
 from waiting import wait_for
 
-from pulsarfunc import Context
+from pulsarfunc import Context, current_context
 from pulsarfunc.protos.Function_pb2 import FunctionDetails
 from pulsarfunc.runtime import settle
 from pulsarfunc.runtime.broker import consumer_plan
@@ -151,6 +151,99 @@ def test_b_effectively_once_rewinds_after_a_failed_send() -> None:
     broker.send_batch = fails_once  # type: ignore[method-assign]
     with running(lambda text: text, broker, processing_guarantee=EO, output=OUT):
         wait_for(lambda: len(broker.sources[0].acked) == 10)
+    assert outputs(broker) == [f"m{i}".encode() for i in range(10)]
+
+
+@pytest.mark.parametrize("guarantee", ["effectively-once", "retain-ordering"])
+def test_b_a_parked_message_that_fails_again_is_not_overtaken_by_those_behind_it(
+    guarantee: str,
+) -> None:
+    broker = FakeBroker()
+    broker.dedup = True
+    warm = [FakeMessage(f"w{i}".encode(), mid=FakeId(7, i, -1)) for i in range(20)]
+    tail = [FakeMessage(p, mid=FakeId(7, 100 + i, -1)) for i, p in enumerate([b"A", b"B", b"C"])]
+    calls: list[str] = []
+
+    def slow_pair(text: str) -> str:
+        calls.append(text)
+        if text in ("A", "B"):
+            time.sleep(0.01)  # slow: groups of one, so A is retried without B beside it
+            if calls.count(text) == 1:
+                raise RuntimeError(f"{text} fails once")
+        return text
+
+    fields: dict[str, Any] = (
+        {"processing_guarantee": EO}
+        if guarantee == "effectively-once"
+        else {"retain_ordering": True}
+    )
+    with running(slow_pair, broker, redelivery_delay_ms=50, **fields):
+        broker.feed(*warm)
+        wait_for(lambda: len(outputs(broker)) == 20)  # large groups now
+        broker.feed(*tail)
+        wait_for(lambda: len(broker.sources[0].acked) == 23)
+    assert outputs(broker)[20:] == [b"A", b"B", b"C"]
+    assert broker.dropped == []
+
+
+def test_b_nothing_after_a_message_goes_on_while_its_dead_letter_send_may_still_fail() -> None:
+    broker = FakeBroker()
+    broker.dedup = True
+    broker.held[DLQ] = outcome = threading.Event()  # the dead-letter send's outcome comes late
+    broker.fail_topics.add(DLQ)  # ...and is a failure
+    broker.feed(FakeMessage(b"A", mid=FakeId(7, 1, -1)), FakeMessage(b"B", mid=FakeId(7, 2, -1)))
+    down = [True]
+
+    def needs_a_dependency(text: str) -> str:
+        if text == "A" and down[0]:
+            raise RuntimeError("dependency down")
+        return text
+
+    with running(
+        needs_a_dependency,
+        broker,
+        processing_guarantee=EO,
+        max_message_retries=1,
+        dead_letter_topic=DLQ,
+    ) as instance:
+        source = broker.sources[0]
+        wait_for(lambda: instance.core.settler.dead_letters_in_flight(source) == 1)
+        time.sleep(0.05)
+        assert outputs(broker) == []  # B waits for A's dead letter
+        down[0] = False
+        outcome.set()  # the dead-letter send fails: A is tried again, now with success
+        wait_for(lambda: len(broker.sources[0].acked) == 2)
+    assert outputs(broker) == [b"A", b"B"]
+    assert broker.dropped == []
+
+
+def test_b_effectively_once_groups_never_overlap_their_sends() -> None:
+    """A group's outputs go out only once the previous group's are persisted: a later output
+    never reaches the broker before an earlier one that might be retried."""
+
+    class Slow(FakeBroker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unconfirmed = 0
+            self.overlapped = False
+
+        def send_batch(self, messages: Any, callback: Any) -> None:
+            self.overlapped = self.overlapped or self.unconfirmed > 0
+            self.unconfirmed += 1
+
+            def late(errors: Any) -> None:
+                time.sleep(0.01)
+                self.unconfirmed -= 1
+                callback(errors)
+
+            super().send_batch(messages, late)
+
+    broker = Slow()
+    broker.receive_limit = 1  # a group per message
+    broker.feed(*(FakeMessage(f"m{i}".encode(), mid=FakeId(8, i, -1)) for i in range(10)))
+    with running(lambda text: text, broker, processing_guarantee=EO):
+        wait_for(lambda: len(broker.sources[0].acked) == 10)
+    assert not broker.overlapped
     assert outputs(broker) == [f"m{i}".encode() for i in range(10)]
 
 
@@ -298,6 +391,32 @@ def test_f_a_handler_that_never_returns_cannot_hold_the_stop_past_its_deadline(
     assert [m.payload for m in broker.sources[0].nacked] == [b"stuck"]  # back to the broker
 
 
+def test_f_at_the_deadline_a_slow_async_message_is_given_back_not_dead_lettered() -> None:
+    broker = FakeBroker()
+    broker.feed(FakeMessage(b"slow"))
+
+    async def slow(text: str) -> str:
+        await asyncio.sleep(30)
+        return text
+
+    instance = Instance(
+        config(drain_timeout_ms=300, max_message_retries=0, dead_letter_topic=DLQ),
+        inspect_handler(slow),
+        broker,
+    )
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(instance.run()), daemon=True)
+    thread.start()
+    wait_for(lambda: instance.metrics.snapshot().received == 1)
+    instance.stop()
+    thread.join(5)
+    assert result == [False]
+    assert broker.sent.get(DLQ, []) == []  # the engine's own cancel is not a handler failure
+    assert broker.sources[0].acked == []
+    assert [m.payload for m in broker.sources[0].nacked] == [b"slow"]
+    assert instance.metrics.snapshot().user_exceptions == 0
+
+
 def test_f_a_stop_that_settles_everything_in_time_returns_true() -> None:
     broker = FakeBroker()
     broker.feed(*(FakeMessage(b"x") for _ in range(10)))
@@ -311,8 +430,10 @@ def test_f_a_stop_that_settles_everything_in_time_returns_true() -> None:
 @pytest.mark.parametrize("is_async", [False, True])
 def test_g_key_order_follows_the_ordering_key_before_the_partition_key(is_async: bool) -> None:
     broker = FakeBroker()
-    # one partition key for all; the ordering key splits them in three ordered streams
-    broker.feed(*(FakeMessage(f"{i}".encode(), key="same", okey=f"o{i % 3}") for i in range(60)))
+    # one partition key for all; the ordering key splits them in twelve ordered streams
+    broker.feed(
+        *(FakeMessage(f"{i}".encode(), key="same", okey=f"o{i % 12:02}") for i in range(120))
+    )
     active: set[str] = set()
     lock = threading.Lock()
     clashes: list[str] = []
@@ -347,11 +468,81 @@ def test_g_key_order_follows_the_ordering_key_before_the_partition_key(is_async:
     with running(
         handler, broker, concurrency=3, subscription_type=SubscriptionType.KEY_SHARED, output=""
     ):
-        wait_for(lambda: len(broker.sources[0].acked) == 60)
+        wait_for(lambda: len(broker.sources[0].acked) == 120)
     assert clashes == []
-    assert sorted(order) == ["o0", "o1", "o2"]
+    assert sorted(order) == [f"o{k:02}" for k in range(12)]
     assert all(seq == sorted(seq) for seq in order.values())
     assert max(overlap) > 1  # different ordering keys ran at once: not the partition key
+
+
+def test_g_key_lanes_with_two_consumers_give_each_message_its_own_context() -> None:
+    broker = FakeBroker(sources=2)  # two inputs with different receiver queues: two consumers
+    other = "persistent://public/default/in2"
+    broker.feed(*(FakeMessage(f"a{i}".encode(), key=f"k{i}") for i in range(6)), source=0)
+    broker.feed(
+        *(FakeMessage(f"b{i}".encode(), key=f"k{i}", topic=other) for i in range(6)), source=1
+    )
+
+    def where(text: str) -> str:
+        return f"{text}@{current_context().message_topic.rsplit('/', 1)[1]}"
+
+    with running(
+        where,
+        broker,
+        inputs=(InputSpec(IN, receiver_queue_size=100), InputSpec(other, receiver_queue_size=50)),
+        subscription_type=SubscriptionType.KEY_SHARED,
+        concurrency=2,
+    ):
+        wait_for(lambda: len(outputs(broker)) == 12)
+        broker.feed(*(FakeMessage(f"c{i}".encode(), key=f"k{i}") for i in range(6)), source=0)
+        wait_for(lambda: len(outputs(broker)) == 18)
+    expected = [
+        f"{p}{i}@{t}" for p, t in (("a", "in"), ("b", "in2"), ("c", "in")) for i in range(6)
+    ]
+    assert sorted(outputs(broker)) == sorted(e.encode() for e in expected)
+
+
+def test_g_a_retried_message_runs_on_its_keys_lane_never_beside_its_key() -> None:
+    broker = FakeBroker()
+    running_keys: dict[str, str | None] = {}
+    overlaps: list[str] = []
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def handler(text: str) -> str:
+        key = text[0]
+        with lock:
+            if running_keys.get(key):
+                overlaps.append(text)
+            running_keys[key] = text
+            seen.append(text)
+        try:
+            if text == "K1" and seen.count("K1") == 1:
+                raise RuntimeError("once")
+            if text == "K2":
+                time.sleep(0.3)
+            return text
+        finally:
+            with lock:
+                running_keys[key] = None
+
+    def np_keyed(payload: bytes, key: str) -> FakeMessage:
+        return FakeMessage(payload, key=key, topic=NP_IN, mid=FakeId(0, 0, -1))
+
+    broker.feed(*(np_keyed(f"{k}0".encode(), k) for k in "ABCDEFGHIJ"))
+    broker.feed(np_keyed(b"K1", "K"))
+    with running(
+        handler,
+        broker,
+        inputs=(InputSpec(NP_IN),),
+        subscription_type=SubscriptionType.KEY_SHARED,
+        concurrency=4,
+        redelivery_delay_ms=50,
+    ):
+        time.sleep(0.02)
+        broker.feed(np_keyed(b"K2", "K"))  # K's lane is busy with K2 when K1 is due
+        wait_for(lambda: len(outputs(broker)) == 12)
+    assert overlaps == []
 
 
 # --- h. redelivery memory with slow handlers ------------------------------------------------------
@@ -389,6 +580,70 @@ def test_h_after_a_quiet_period_the_fast_path_comes_back(monkeypatch: pytest.Mon
         assert not redeliveries.failing
 
 
+# --- a failure of the dead-letter topic, or of a publish callback, stalls nothing -----------
+
+
+def test_a_async_non_persistent_message_whose_dead_letter_failed_is_retried_later() -> None:
+    broker = FakeBroker()
+    broker.fail_topics.add(DLQ)
+    broker.feed(non_persistent(b"poison"))
+    calls: list[str] = []
+
+    async def poison(text: str) -> str:
+        calls.append(text)
+        raise ValueError("poison")
+
+    with running(
+        poison, broker, inputs=(InputSpec(NP_IN),), max_message_retries=0, dead_letter_topic=DLQ
+    ) as instance:
+        wait_for(lambda: len(calls) >= 2)  # kept here and tried again: not left parked
+        broker.fail_topics.clear()
+        wait_for(lambda: len(broker.sent.get(DLQ, [])) == 1)
+        wait_for(lambda: instance.core.tracker.in_flight == 0)
+
+
+def test_a_publish_callback_that_blocks_does_not_hold_up_dead_letters() -> None:
+    broker = FakeBroker()
+    release = threading.Event()
+    broker.feed(FakeMessage(b"first"))
+
+    def handler(ctx: Context, text: str) -> str:
+        if text == "first":
+            ctx.publish(
+                "persistent://public/default/audit", text, callback=lambda e, i: release.wait(10)
+            )
+            return text
+        raise ValueError("poison")
+
+    with running(handler, broker, max_message_retries=0, dead_letter_topic=DLQ) as instance:
+        wait_for(lambda: len(broker.sources[0].acked) == 1)
+        broker.feed(FakeMessage(b"poison"))
+        wait_for(lambda: len(broker.sources[0].acked) == 2)  # dead-lettered and acked
+        assert instance.metrics.snapshot().dead_lettered == 1
+        release.set()
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_failed_output_send_is_counted_and_logged_by_every_engine(is_async: bool) -> None:
+    broker = FakeBroker()
+    broker.fail_topics.add(OUT)
+    broker.feed(FakeMessage(b"m"))
+
+    async def echo_async(text: str) -> str:
+        return text
+
+    def echo(text: str) -> str:
+        return text
+
+    with running(
+        echo_async if is_async else echo, broker, max_message_retries=0, dead_letter_topic=DLQ
+    ) as instance:
+        wait_for(lambda: len(broker.sent.get(DLQ, [])) == 1)
+    snap = instance.metrics.snapshot()
+    assert snap.system_exceptions == 1
+    assert snap.system_errors == (f"send to {OUT} refused",)
+
+
 # --- callbacks only record: nothing of the function's runs on the client's IO thread -------
 
 
@@ -421,8 +676,7 @@ def test_publish_callbacks_and_settling_never_run_on_the_clients_io_thread() -> 
         acked_on.clear()
         with running(fanout_async if handler_is_async else fanout, broker):
             wait_for(lambda: len(threads) == 5 and len(acked_on) == 5)
-        # the settler's thread, or the handler's when the send was done before it asked
-        assert IO_THREAD not in threads
+        assert set(threads) == {"pf-callbacks"}
         assert IO_THREAD not in acked_on
         broker.feed(*(FakeMessage(f"n{i}".encode()) for i in range(5)))
 

@@ -119,6 +119,24 @@ class Bound:
         return self.prefix + text
 
 
+def half_way(text: str) -> Iterator[str]:
+    """A generator that fails after its first output: no output of it counts."""
+    yield text
+    if text == "boom":
+        raise ValueError("half way")
+    yield text + "+"
+
+
+def half_way_with_context(ctx: Context, text: str) -> Iterator[str]:
+    yield from half_way(text)
+
+
+def cancels(text: str) -> str:
+    if text == "boom":
+        raise asyncio.CancelledError  # from a sync handler too: a failure of its message
+    return text
+
+
 async def _later(text: str) -> str:
     await asyncio.sleep(0)
     return f"awaited {text}"
@@ -150,6 +168,9 @@ CORPUS = [
     Case("sync: context only", lambda: context_only, ("a", "b")),
     Case("sync: no arguments", lambda: no_arguments, ("a", "b")),
     Case("sync: generator", lambda: words, ("a b", "none x", "boom", "")),
+    Case("sync: generator failing half-way", lambda: half_way),
+    Case("sync: generator failing half-way, Context", lambda: half_way_with_context),
+    Case("sync: raises CancelledError", lambda: cancels),
     Case("async: input", lambda: async_plain),
     Case("async: context and input", lambda: async_context, ("a", "b")),
     Case("async: generator", lambda: async_words, ("a b", "none x", "a boom b")),

@@ -283,3 +283,20 @@ def test_drain_timeout_reaches_the_manifest_and_the_grace_period() -> None:
     assert pod["terminationGracePeriodSeconds"] == 120  # the drain, then 30 s to close
     args = pod["containers"][0]["args"]
     assert args[args.index("--drain-timeout-ms") + 1] == "90000"
+
+
+# --- effectively-once needs positions -----------------------------------------------------------
+
+
+def test_effectively_once_on_a_non_persistent_input_is_refused() -> None:
+    argv = [
+        "--inputs", "non-persistent://public/default/in", "--processing-guarantees",
+        "EFFECTIVELY_ONCE",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        resolve(argv, {})
+    text = str(caught.value)
+    assert "EFFECTIVELY_ONCE with the non-persistent input" in text
+    assert "use ATLEAST_ONCE" in text
+    assert caught.value.exit_code == 2
+    assert resolve([*argv[:2], "--processing-guarantees", "ATLEAST_ONCE"], {}).inputs
