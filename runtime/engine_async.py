@@ -81,7 +81,7 @@ class AsyncEngine:
         for thread in self._receivers:
             thread.join(max(0.0, deadline - time.monotonic()))
         for source in core.broker.sources:  # retries not due yet are not waited for
-            core.settler.give_back(core.tracker.due(source, float("inf"), 1 << 62))
+            core.settler.give_back(source)
         idle = core.tracker.wait_idle(deadline)
         return idle and not any(t.is_alive() for t in self._receivers)
 

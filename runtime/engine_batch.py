@@ -92,7 +92,7 @@ class BatchEngine:
                 self._finish_open_entries(runner, source, last)
         finally:
             runner.close()
-        core.settler.give_back(tracker.due(source, float("inf"), 1 << 62))
+        core.settler.give_back(source)
 
     def close(self) -> None:
         """Nothing to release: the threads end on their own (or are left behind, daemons)."""

@@ -102,7 +102,7 @@ class OrderedEngine:
                 runner.settle_ready()
         finally:
             runner.close()
-        core.settler.give_back(tracker.due(source, float("inf"), 1 << 62))
+        core.settler.give_back(source)
 
     # -- lanes by key ------------------------------------------------------------------------------
     def _route(self, source: Source) -> None:
@@ -170,7 +170,7 @@ class OrderedEngine:
             runner.settle_ready()
         for runner in runners.values():
             runner.close()
-            core.settler.give_back(core.tracker.due(runner.source, float("inf"), 1 << 62))
+            core.settler.give_back(runner.source)
 
 
 _Work = tuple[Source, Sequence["Parked | InMessage"]]

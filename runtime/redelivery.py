@@ -77,9 +77,14 @@ class _Bounded:
             del self._keys[key]
 
 
+def non_persistent(msg: InMessage) -> bool:
+    """From a non-persistent topic: its id is not unique, and the broker keeps nothing of it."""
+    return msg.topic_name().startswith(_NON_PERSISTENT)
+
+
 def key_of(msg: InMessage) -> bytes | None:
     """The message's identity, or None where ids are not unique (non-persistent topics)."""
-    if msg.topic_name().startswith(_NON_PERSISTENT):
+    if non_persistent(msg):
         return None
     return msg.message_id().serialize()
 

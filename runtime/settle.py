@@ -33,7 +33,7 @@ from pulsarfunc.runtime.errors import PayloadError
 from pulsarfunc.runtime.handoff import Handoff
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.naming import dead_letter_topic
-from pulsarfunc.runtime.redelivery import QUIET_S, Redeliveries, Seen, key_of
+from pulsarfunc.runtime.redelivery import QUIET_S, Redeliveries, Seen, non_persistent
 from pulsarfunc.runtime.tracker import Group, Parked, Ticket, Tracker
 from pulsarfunc.runtime.transport import Broker, InMessage, OutMessage, Source
 
@@ -75,11 +75,6 @@ def dead_letter_topics(config: FunctionConfig) -> list[str]:
     return list(
         dict.fromkeys(t for t, s in zip(topics, config.inputs, strict=True) if not s.is_regex)
     )
-
-
-def is_local(msg: InMessage) -> bool:
-    """The broker cannot redeliver this message (a non-persistent topic): retry it here."""
-    return key_of(msg) is None
 
 
 class Settler:
@@ -260,7 +255,7 @@ class Settler:
         if self.redeliveries.seen(msg) is Seen.COPY:
             ticket.source.ack(msg)  # a copy redelivered with its batch: already handled
             return None
-        local = self.in_order or is_local(msg)
+        local = self.in_order or non_persistent(msg)
         if local:
             attempts = max(ticket.attempts + 1, msg.redelivery_count() + 1)
         else:
@@ -276,14 +271,15 @@ class Settler:
     def _due(self) -> float:
         return self._clock() + self.config.redelivery_delay_ms / 1000.0
 
-    def give_back(self, parked: Sequence[Parked]) -> None:
-        """Parked messages not tried again (the instance stops): negatively acknowledged, so
-        the broker gives them to the next consumer. A non-persistent topic keeps nothing: such
-        a message is lost, as the topic would lose it; the log says so and the stop reports
-        that not everything was settled."""
+    def give_back(self, source: Source) -> None:
+        """The parked messages of `source`, not tried again (the instance stops): negatively
+        acknowledged, so the broker gives them to the next consumer. A non-persistent topic
+        keeps nothing: such a message is lost, as the topic would lose it; the log says so
+        and the stop reports that not everything was settled."""
+        parked = self.tracker.due(source, float("inf"), 1 << 62)
         lost = 0
         for item in parked:
-            if is_local(item.msg):
+            if non_persistent(item.msg):
                 lost += 1
             else:
                 item.source.nack(item.msg)
@@ -342,45 +338,34 @@ class Settler:
     ) -> None:
         """The outcome of a dead-letter send, on the settler's thread."""
         try:
-            self._dead_letter_outcome(source, msg, topic, attempts, send_error, ack)
+            if send_error is None:
+                if ack:
+                    self.redeliveries.dead_lettered(msg, persisted=True)
+                    source.ack(msg)
+                self.metrics.note_dead_lettered()
+                _log.warning(
+                    "message %s dead-lettered to %s after %d attempts",
+                    msg.message_id(),
+                    topic,
+                    attempts,
+                )
+                self.tracker.finished(1)
+                return
+            _log.error("dead-letter send to %s failed: %s", topic, send_error)
+            if not ack:
+                self.tracker.finished(1)
+                return
+            self.redeliveries.dead_lettered(msg, persisted=False)
+            if self.in_order or non_persistent(msg):  # the broker cannot bring it back: keep it
+                retry = Parked(source, msg, attempts - 1, self._due())
+                self.tracker.park([retry], front=self.in_order)
+                return
+            source.nack(msg)  # processed again on redelivery
+            self.tracker.finished(1)
         finally:
             with self._sending:
                 self._in_flight_letters[id(source)] -= 1
                 self._sending.notify_all()
-
-    def _dead_letter_outcome(
-        self,
-        source: Source,
-        msg: InMessage,
-        topic: str,
-        attempts: int,
-        send_error: Exception | None,
-        ack: bool,
-    ) -> None:
-        if send_error is None:
-            if ack:
-                self.redeliveries.dead_lettered(msg, persisted=True)
-                source.ack(msg)
-            self.metrics.note_dead_lettered()
-            _log.warning(
-                "message %s dead-lettered to %s after %d attempts",
-                msg.message_id(),
-                topic,
-                attempts,
-            )
-            self.tracker.finished(1)
-            return
-        _log.error("dead-letter send to %s failed: %s", topic, send_error)
-        if not ack:
-            self.tracker.finished(1)
-            return
-        self.redeliveries.dead_lettered(msg, persisted=False)
-        if self.in_order or is_local(msg):  # the broker cannot bring it back: keep it here
-            retry = Parked(source, msg, attempts - 1, self._due())
-            self.tracker.park([retry], front=self.in_order)
-            return
-        source.nack(msg)  # processed again on redelivery
-        self.tracker.finished(1)
 
 
 _SENDING = object()  # a failed message whose dead-letter send is in flight
