@@ -16,9 +16,9 @@ Engines differ only in how they pick messages and when they settle them:
                                         key for sync handlers on several threads
     AsyncEngine    (engine_async.py)    async handlers: one event loop, many messages at once
 
-An engine's `start()` starts its threads; `stop()` makes them stop taking messages, finish what
-they took and return (`join`); the instance (`instance.py`) waits for the tracker to be idle,
-gives up what is left at the deadline, then `close()`s the engine.
+An engine's `start()` starts its threads; once `core.stopping` is set they stop taking
+messages, finish what they took and return (`join`); the instance (`instance.py`) waits for the
+tracker to be idle, gives up what is left at the deadline, then `close()`s the engine.
 """
 
 from __future__ import annotations
@@ -197,12 +197,9 @@ class Engine(Protocol):
         """Start taking and processing messages on the engine's own threads."""
         ...
 
-    def stop(self) -> None:
-        """Stop taking messages; what was taken is still processed and settled."""
-        ...
-
     def join(self, deadline: float) -> bool:
-        """Wait (until the monotonic `deadline`) for the engine's threads; True if they ended."""
+        """Once `core.stopping` is set, the engine takes no more messages and settles what it
+        took: wait for that (until the monotonic `deadline`); True if it is done."""
         ...
 
     def close(self) -> None:

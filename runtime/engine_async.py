@@ -71,9 +71,6 @@ class AsyncEngine:
         self._loop.run_forever()
         self._loop.close()
 
-    def stop(self) -> None:
-        """Receivers watch `core.stopping`; the loop runs until `join`."""
-
     def join(self, deadline: float) -> bool:
         """Wait for the receivers, then for every message taken to settle (until the
         deadline); True if everything was."""

@@ -52,9 +52,6 @@ class BatchEngine:
                 self._threads.append(thread)
                 thread.start()
 
-    def stop(self) -> None:
-        """The threads watch `core.stopping`."""
-
     def join(self, deadline: float) -> bool:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -62,9 +62,6 @@ class OrderedEngine:
         self._threads.append(thread)
         thread.start()
 
-    def stop(self) -> None:
-        """The threads watch `core.stopping`; lanes end once their queues are empty."""
-
     def join(self, deadline: float) -> bool:
         for thread in [*self._receivers, *self._threads]:
             thread.join(max(0.0, deadline - time.monotonic()))

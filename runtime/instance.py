@@ -104,7 +104,6 @@ class Instance:
             stopping=threading.Event(),
         )
         self.engine = choose_engine(self.core, handler)
-        self.env = env
         self._started = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -125,7 +124,6 @@ class Instance:
             ready()
         core.stopping.wait()
         deadline = time.monotonic() + core.config.drain_timeout_ms / 1000.0
-        self.engine.stop()
         drained = self.engine.join(deadline) and core.tracker.wait_idle(deadline)
         if not drained:
             left = core.tracker.abandon()
@@ -177,7 +175,3 @@ class Instance:
             and self.engine.alive
             and self.broker.connected()
         )
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no message is in flight; False if `timeout_s` passed first."""
-        return self.core.tracker.wait_idle(time.monotonic() + timeout_s)

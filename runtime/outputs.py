@@ -139,12 +139,5 @@ class Outbox:
         self.outs.append(self._build(msg, value, previous))
         self.owners.append(index)
 
-    def drop_from(self, index: int) -> None:
-        """Forget the outputs of messages `index` and later (they are processed again)."""
-        keep = next((i for i, owner in enumerate(self.owners) if owner >= index), len(self.owners))
-        del self.outs[keep:], self.owners[keep:]
-        for owner in [o for o in self._counts if o >= index]:
-            del self._counts[owner]
-
     def per_producer(self) -> list[tuple[list[OutMessage], list[int]]]:
         return self.outputs.per_producer(self.outs, self.owners)

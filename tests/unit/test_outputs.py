@@ -318,34 +318,6 @@ def test_outbox_numbers_each_messages_outputs_under_effectively_once() -> None:
     assert len(set(ids)) == len(ids)
 
 
-def test_drop_from_forgets_the_outputs_and_counts_of_that_message_and_later() -> None:
-    built_by = once(TEXT)
-    outbox = built_by.outbox()
-    msgs = group_of(3)
-    for index, value in [(0, "a"), (1, "b"), (1, "c"), (2, "d")]:
-        outbox.put(index, msgs[index], value)
-    outbox.drop_from(1)
-    assert outbox.owners == [0]
-    assert outbox.outs == [built_by.build(msgs[0], "a", 0)]
-    outbox.put(0, msgs[0], "a2")  # message 0's count is kept
-    outbox.put(1, msgs[1], "b again")  # message 1 is numbered from 0 again
-    assert outbox.outs[1:] == [
-        built_by.build(msgs[0], "a2", 1),
-        built_by.build(msgs[1], "b again", 0),
-    ]
-    assert outbox.owners == [0, 0, 1]
-
-
-def test_drop_from_beyond_the_last_owner_keeps_everything() -> None:
-    outbox = outputs().outbox()
-    msgs = group_of(2)
-    outbox.put(0, msgs[0], b"a")
-    outbox.put(1, msgs[1], b"b")
-    outbox.drop_from(2)
-    assert outbox.owners == [0, 1]
-    assert len(outbox.outs) == 2
-
-
 def test_per_producer_splits_effectively_once_outputs_by_producer_keeping_order() -> None:
     built_by = once()
     outbox = built_by.outbox()
