@@ -100,11 +100,8 @@ class GroupRunner:
         per_message = (time.perf_counter() - group.began) / max(1, cut)
         self.limit = max(1, min(BATCH_MAX, int(BUDGET_S / max(per_message, 1e-7))))
         if (self.in_order and failed) or not self.overlap:
-            rest = [
-                Parked(self.source, msg, group.attempts.get(cut + i, 0), 0.0)
-                for i, msg in enumerate(msgs[cut:])
-            ]
-            self.settle_all(rest)  # the failed message is settled first, the rest behind it
+            # the failed message is settled first, the rest behind it
+            self.settle_all(_behind(group, msgs, cut))
 
     def _send(self, group: Group, outbox: Outbox) -> None:
         """Send the group's outputs, one batch per producer; each adds one receipt."""
@@ -156,10 +153,7 @@ class GroupRunner:
         while self.pending:
             group = self.pending.popleft()
             if tracker.claim_group(group):
-                again += [
-                    Parked(group.source, msg, group.attempts.get(i, 0), 0.0)
-                    for i, msg in enumerate(group.msgs)
-                ]
+                again += _behind(group, group.msgs)
         return again
 
     def _park(self, parked: list[Parked]) -> None:
@@ -170,6 +164,15 @@ class GroupRunner:
         settler.tracker.park(parked, front=self.in_order)
         if self.in_order and settler.dead_letters_in_flight(self.source):
             settler.wait_dead_letters(self.source, RECEIPT_DEADLINE_S)
+
+
+def _behind(group: Group, msgs: Sequence[InMessage], start: int = 0) -> list[Parked]:
+    """`msgs[start:]` of `group`, to be processed again behind a retry (due at once), each
+    with its attempts so far."""
+    return [
+        Parked(group.source, msg, group.attempts.get(start + i, 0), 0.0)
+        for i, msg in enumerate(msgs[start:])
+    ]
 
 
 class _Receipt:
