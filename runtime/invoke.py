@@ -122,13 +122,17 @@ class Invoker:
 
     def _outputs(self, ctx: Context, value: Any) -> list[Any]:
         try:
-            result = self._call(ctx, value)
-            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                result = _run(result)
-            if self._yields:
-                return [out for out in result if out is not None]
+            return self._collect(self._call(ctx, value))
         except asyncio.CancelledError as exc:
             raise _cancelled() from exc
+
+    def _collect(self, result: Any) -> list[Any]:
+        """A sync handler's outputs from what it returned: an awaitable is awaited, a
+        generator run to its end (all of its outputs or, if it fails, none), None dropped."""
+        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+            result = _run(result)
+        if self._yields:
+            return [out for out in result if out is not None]
         return [] if result is None else [result]
 
     async def call_async(self, ctx: Context, value: Any) -> list[Any]:
@@ -191,12 +195,10 @@ class Invoker:
                         put(index, msg, out)
                     continue
                 result = plain(value)
-                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                    result = _run(result)
-                if yields:  # all of a generator's outputs, or none if it fails half-way
-                    for out in [out for out in result if out is not None]:
+                if yields or type(result) not in _PLAIN_RESULTS:
+                    for out in self._collect(result):
                         put(index, msg, out)
-                elif result is not None:
+                elif result is not None:  # the common case, inline: one plain output
                     put(index, msg, result)
             except Exception as exc:
                 fail(index, exc)
