@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+from pulsarfunc.runtime.config import ProcessingGuarantee
 from pulsarfunc.runtime.context import Context
 from pulsarfunc.runtime.engine import Core, ordering_key
 from pulsarfunc.runtime.tracker import Ticket
@@ -44,7 +45,8 @@ class AsyncEngine:
         self._receivers: list[threading.Thread] = []
         self._slots: asyncio.Semaphore | None = None
         self._key_tails: dict[str, asyncio.Future[None]] = {}
-        self._tracks = core.config.processing_guarantee.name != "ATMOST_ONCE"
+        # outputs hold their input's settling, but under ATMOST_ONCE (acked on receipt)
+        self._tracks = core.config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._outbox: list[OutMessage] = []  # outputs of this pass of the loop
         self._owners: list[Ticket | None] = []  # the ticket each settles (None: untracked)
         self._retry: asyncio.TimerHandle | None = None  # the one timer for parked retries
