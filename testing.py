@@ -35,6 +35,7 @@ from pulsarfunc.runtime.context import Context, FunctionEnv
 from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.invoke import Invoker
 from pulsarfunc.runtime.outputs import Outputs
+from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS
 from pulsarfunc.runtime.start import complete
 from pulsarfunc.runtime.tracker import Ticket
 from pulsarfunc.runtime.transport import InMessage, OutMessage
@@ -319,10 +320,7 @@ def _run(
                 if raise_errors:
                     raise
                 continue
-            if guarantee in (
-                ProcessingGuarantee.ATLEAST_ONCE,
-                ProcessingGuarantee.EFFECTIVELY_ONCE,
-            ):
+            if guarantee in ACKED_ON_SUCCESS:  # the runtime's own rule (settle.py)
                 source.ack(raw)
 
 
