@@ -7,6 +7,7 @@ with a slow handler · j producers at start · k per-input receiver queue sizes.
 
 from __future__ import annotations
 
+import collections
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flaky import FailsOnce
@@ -22,7 +24,12 @@ from pulsar_helpers import PulsarBroker, client, produce, subscribe_first, uniqu
 from runtime_harness import admin, config_for, running, wait_backlog, wait_for
 
 from pulsarfunc import Context
-from pulsarfunc.runtime.config import InputSpec, ProcessingGuarantee, SubscriptionType
+from pulsarfunc.runtime.config import (
+    FunctionConfig,
+    InputSpec,
+    ProcessingGuarantee,
+    SubscriptionType,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +58,23 @@ def _stats(pulsar_broker: PulsarBroker, topic: str) -> dict[str, object]:
     return stats
 
 
+def _effectively_once(
+    pulsar_broker: PulsarBroker, namespace: str, **fields: Any
+) -> tuple[str, str, FunctionConfig]:
+    """Fresh input and output topics in `namespace`, and an effectively-once config for them."""
+    tag = uuid.uuid4().hex[:8]
+    src, out = f"persistent://{namespace}/in-{tag}", f"persistent://{namespace}/out-{tag}"
+    config = config_for(
+        pulsar_broker.service_url,
+        src,
+        output=out,
+        processing_guarantee=EO,
+        namespace=namespace.split("/")[1],
+        **fields,
+    )
+    return src, out, config
+
+
 # --- a. non-persistent inputs --------------------------------------------------------------------
 
 
@@ -75,18 +99,9 @@ def test_a_after_a_failure_later_non_persistent_messages_are_processed_not_skipp
 def test_b_effectively_once_output_of_a_message_that_failed_once_is_on_the_output_topic(
     pulsar: PulsarBroker, dedup_ns: str
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    src, out = f"persistent://{dedup_ns}/in-{tag}", f"persistent://{dedup_ns}/out-{tag}"
+    src, out, config = _effectively_once(pulsar, dedup_ns, redelivery_delay_ms=100)
     once = FailsOnce("m20", then=lambda text: text + "!")
     produce(pulsar.service_url, src, [f"m{i}".encode() for i in range(60)])
-    config = config_for(
-        pulsar.service_url,
-        src,
-        output=out,
-        processing_guarantee=EO,
-        namespace=dedup_ns.split("/")[1],
-        redelivery_delay_ms=100,
-    )
     with subscribe_first(pulsar.service_url, out) as sink, running(once, config):
         got = sink.collect(60, timeout_s=30)
         assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
@@ -98,8 +113,7 @@ def test_b_effectively_once_output_of_a_message_that_failed_once_is_on_the_outpu
 def test_c_a_producer_batch_of_1500_messages_loses_no_output_and_names_its_producer(
     pulsar: PulsarBroker, dedup_ns: str
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    src, out = f"persistent://{dedup_ns}/in-{tag}", f"persistent://{dedup_ns}/out-{tag}"
+    src, out, config = _effectively_once(pulsar, dedup_ns)
     with client(pulsar.service_url) as c:
         producer = c.create_producer(
             src,
@@ -116,19 +130,8 @@ def test_c_a_producer_batch_of_1500_messages_loses_no_output_and_names_its_produ
         producer.flush()
         producer.close()
     wait_for(lambda: len(ids) == 1500)
-    entries: dict[tuple[int, int], int] = {}
-    for mid in ids:
-        entries[(mid.ledger_id(), mid.entry_id())] = (
-            entries.get((mid.ledger_id(), mid.entry_id()), 0) + 1
-        )
+    entries = collections.Counter((mid.ledger_id(), mid.entry_id()) for mid in ids)
     assert max(entries.values()) > 1023  # batch indexes past 10 bits
-    config = config_for(
-        pulsar.service_url,
-        src,
-        output=out,
-        processing_guarantee=EO,
-        namespace=dedup_ns.split("/")[1],
-    )
     with subscribe_first(pulsar.service_url, out) as sink, running(lambda t: t, config):
         got = sink.collect(1500, timeout_s=60)
         publishers = _stats(pulsar, out)["publishers"]
