@@ -56,15 +56,21 @@ class LogFormat(enum.Enum):
     JSON = "json"
 
 
+def frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """A read-only copy of `value`, as FunctionConfig holds mappings."""
+    return MappingProxyType(dict(value or {}))
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """One input: a topic, or a regex pattern of topics (Function.proto's ConsumerSpec)."""
 
     topic: str
     is_regex: bool = False
-    schema_type: str = ""  # Pulsar schema name, e.g. STRING; "" = raw bytes
+    schema_type: str = ""  # Pulsar schema: STRING, JSON, AVRO, ... or a class; "" = none
     serde_class_name: str = ""  # Pulsar Python serde class, e.g. serde.IdentitySerDe
     receiver_queue_size: int | None = None
+    schema_properties: Mapping[str, str] = field(default_factory=frozen_map)
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,6 @@ class AuthSettings:
     tls_trust_certs_file: str | None = None
     tls_allow_insecure: bool = False
     tls_hostname_verification: bool = False
-
-
-def frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    """A read-only copy of `value`, as FunctionConfig holds mappings."""
-    return MappingProxyType(dict(value or {}))
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,12 @@ class FunctionConfig:
 
     # outputs
     output: str = ""  # "" = no output topic
-    output_schema_type: str = ""
+    output_schema_type: str = ""  # Pulsar schema of the output; "" = none (a serde encodes)
     output_serde_class_name: str = ""
+    output_schema_properties: Mapping[str, str] = field(default_factory=frozen_map)
+    # Record classes (`module.Class`) of JSON/AVRO schemas: Pulsar's source/sink typeClassName
+    input_type_class_name: str = ""
+    output_type_class_name: str = ""
     producer: ProducerSettings = field(default_factory=ProducerSettings)
     forward_source_message_property: bool = False
     log_topic: str = ""
@@ -177,5 +182,7 @@ class Setting(NamedTuple):
 
 
 # Keys of a settings dict are FunctionConfig field paths ("auth.token"), plus "inputs.topics" and
-# "inputs.patterns" (each replaces only its own kind of input) and the two config-file locations.
+# "inputs.patterns" (each replaces only its own kind of input), "inputs.serdes" and
+# "inputs.schemas" (per-topic serde or schema, merged onto those inputs) and the two config-file
+# locations.
 Settings = dict[str, Setting]

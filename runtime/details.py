@@ -55,13 +55,17 @@ def function_details(config: FunctionConfig) -> pb.FunctionDetails:
         consumer.isRegexPattern = spec.is_regex
         consumer.schemaType = spec.schema_type
         consumer.serdeClassName = spec.serde_class_name
+        consumer.schemaProperties.update(spec.schema_properties)
         consumer.receiverQueueSize.value = (
             config.receiver_queue_size
             if spec.receiver_queue_size is None
             else spec.receiver_queue_size
         )
+    source.typeClassName = config.input_type_class_name
     sink = details.sink
     sink.topic = config.output
+    sink.typeClassName = config.output_type_class_name
+    sink.schemaProperties.update(config.output_schema_properties)
     sink.schemaType = config.output_schema_type
     sink.serDeClassName = config.output_serde_class_name
     sink.forwardSourceMessageProperty = config.forward_source_message_property

@@ -32,6 +32,7 @@ from pulsarfunc.runtime.config import (
     Settings,
     SubscriptionPosition,
     SubscriptionType,
+    frozen_map,
 )
 from pulsarfunc.runtime.errors import ConfigError
 from pulsarfunc.runtime.function_config_yaml import details_from_function_config
@@ -156,7 +157,10 @@ def _subscription_type(details: pb.FunctionDetails) -> SubscriptionType:
 def _source_values(details: pb.FunctionDetails) -> dict[str, Any]:
     source = details.source
     values = _set_fields(
-        source, timeoutMs="timeout_ms", negativeAckRedeliveryDelayMs="redelivery_delay_ms"
+        source,
+        timeoutMs="timeout_ms",
+        negativeAckRedeliveryDelayMs="redelivery_delay_ms",
+        typeClassName="input_type_class_name",
     )
     kind = _subscription_type(details)
     if kind is not SubscriptionType.SHARED:
@@ -173,6 +177,16 @@ def _source_values(details: pb.FunctionDetails) -> dict[str, Any]:
         specs[topic] = InputSpec(topic=topic, serde_class_name=serde)
     if source.topicsPattern:  # legacy form
         specs[source.topicsPattern] = InputSpec(topic=source.topicsPattern, is_regex=True)
+    specs.update(_input_specs(source))
+    for key, regex in (("inputs.topics", False), ("inputs.patterns", True)):
+        chosen = tuple(spec for spec in specs.values() if spec.is_regex is regex)
+        if chosen:
+            values[key] = chosen
+    return values
+
+
+def _input_specs(source: pb.SourceSpec) -> dict[str, InputSpec]:
+    specs: dict[str, InputSpec] = {}
     for topic, spec in sorted(source.inputSpecs.items()):
         queue = spec.receiverQueueSize.value if spec.HasField("receiverQueueSize") else None
         specs[topic] = InputSpec(
@@ -181,12 +195,17 @@ def _source_values(details: pb.FunctionDetails) -> dict[str, Any]:
             schema_type=spec.schemaType,
             serde_class_name=spec.serdeClassName,
             receiver_queue_size=queue,
+            schema_properties=frozen_map(spec.schemaProperties),
         )
-    for key, regex in (("inputs.topics", False), ("inputs.patterns", True)):
-        chosen = tuple(spec for spec in specs.values() if spec.is_regex is regex)
-        if chosen:
-            values[key] = chosen
-    return values
+    return specs
+
+
+def custom_inputs(key: str, value: Mapping[str, Any], source: str) -> tuple[InputSpec, ...]:
+    """The inputs of a function-config `customSerdeInputs` or `customSchemaInputs` mapping
+    (what pulsar-admin's --custom-serde-inputs and --custom-schema-inputs take), read the very
+    way the YAML's are; ConfigError naming `source` if a value is wrong."""
+    details, _ = details_from_function_config({key: value}, source)
+    return tuple(_input_specs(details.source).values())
 
 
 def _sink_values(sink: pb.SinkSpec) -> dict[str, Any]:
@@ -196,7 +215,10 @@ def _sink_values(sink: pb.SinkSpec) -> dict[str, Any]:
         schemaType="output_schema_type",
         serDeClassName="output_serde_class_name",
         forwardSourceMessageProperty="forward_source_message_property",
+        typeClassName="output_type_class_name",
     )
+    if sink.schemaProperties:
+        values["output_schema_properties"] = frozen_map(sink.schemaProperties)
     if sink.HasField("producerSpec"):  # present: its compression (LZ4 = 0) is meant
         producer = sink.producerSpec
         values["producer.compression"] = CompressionType[

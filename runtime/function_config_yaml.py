@@ -25,9 +25,9 @@ _log = logging.getLogger(__name__)
 # Function-config keys that mean nothing to one pulsarfunc instance: accepted without a word.
 _IGNORED = frozenset(
     {
-        "autoAck", "cleanupSubscription", "customRuntimeOptions", "customSchemaOutputs",
-        "exposePulsarAdminClientEnabled", "functionType", "go", "inputTypeClassName", "jar",
-        "maxPendingAsyncRequests", "outputTypeClassName", "parallelism", "resources",
+        "autoAck", "cleanupSubscription", "customRuntimeOptions",
+        "exposePulsarAdminClientEnabled", "functionType", "go", "jar",
+        "maxPendingAsyncRequests", "parallelism", "resources",
         "runtime", "runtimeFlags", "skipToLatest",
     }
 )  # fmt: skip
@@ -103,6 +103,8 @@ def _convert_source(keys: _Keys, source: pb.SourceSpec) -> None:
     if specs := keys.child("inputSpecs"):
         for topic in specs.names():
             source.inputSpecs[topic].CopyFrom(_consumer_spec(specs.child(topic, required=True)))
+    if type_class := keys.text("inputTypeClassName"):
+        source.typeClassName = type_class
     if name := keys.text("subName"):
         source.subscriptionName = name
     if position := keys.choice("subscriptionPosition", pb.SubscriptionPosition.keys()):
@@ -146,6 +148,15 @@ def _convert_sink(keys: _Keys, sink: pb.SinkSpec) -> dict[str, Any]:
     for key, attr in named.items():
         if value := keys.text(key):
             setattr(sink, attr, value)
+    if type_class := keys.text("outputTypeClassName"):
+        sink.typeClassName = type_class
+    outputs = keys.child("customSchemaOutputs")
+    if outputs is not None and sink.topic in outputs.names():
+        # convert takes the output's schemaProperties; its schemaType too when none is given
+        conf = _consumer_spec(outputs.consumer(sink.topic))
+        sink.schemaProperties.update(conf.schemaProperties)
+        if conf.schemaType and not sink.schemaType:
+            sink.schemaType = conf.schemaType
     if keys.flag("forwardSourceMessageProperty"):
         sink.forwardSourceMessageProperty = True
     producer = keys.child("producerConfig")

@@ -38,6 +38,7 @@ from typing import Any
 
 from pulsarfunc.runtime.codec import AUTO, Codec, codec_for, pulsar_serde, type_label
 from pulsarfunc.runtime.errors import HandlerError
+from pulsarfunc.runtime.schemas import infer
 
 ACCEPTED_FORMS = """\
 accepted handler forms:
@@ -314,7 +315,7 @@ def _function(obj: Callable[..., Any], where: str) -> Handler:
         hints.get(required[-1].name, inspect.Parameter.empty) if takes_input else None
     )
     try:
-        input_codec = codec_for(input_annotation) if takes_input else codec_for(bytes)
+        input_codec = payload_codec(input_annotation) if takes_input else codec_for(bytes)
         output_codec = _output_codec(hints.get("return", inspect.Parameter.empty), yields)
     except HandlerError as e:
         raise HandlerError(f"{where}: {e.problem}{found}", e.hint) from e
@@ -381,7 +382,13 @@ def _output_codec(annotation: Any, yields: bool) -> Codec:
     members = [a for a in args if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(members) > 1:
         return AUTO
-    return codec_for(annotation)
+    return payload_codec(annotation)
+
+
+def payload_codec(annotation: Any) -> Codec:
+    """The codec an input or output annotation asks for: a schema's for a pulsar.schema.Record
+    or protobuf class (`schemas.infer`), else `codec.codec_for`'s."""
+    return infer(annotation) or codec_for(annotation)
 
 
 def _flags(obj: Callable[..., Any]) -> tuple[bool, bool, bool]:

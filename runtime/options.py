@@ -199,11 +199,31 @@ OPTIONS: tuple[Option, ...] = (
     Option("--subscription-position", "subscription_position", _INPUTS,
            "where a new subscription starts", _names(SubscriptionPosition),
            _names(SubscriptionPosition), _enum(SubscriptionPosition)),
+    Option("--custom-serde-inputs", "inputs.serdes", _INPUTS,
+           "input topics with the Pulsar Python serde class of each, as pulsar-admin takes "
+           "them: a JSON object, or @FILE holding one", '{"TOPIC":"CLASS"}',
+           'a JSON object of topic -> serde class, e.g. {"in": "mymod.MySerDe"}',
+           _json_object),
+    Option("--custom-schema-inputs", "inputs.schemas", _INPUTS,
+           "input topics with the Pulsar schema of each (STRING, JSON, AVRO, PROTOBUF_NATIVE, "
+           "BYTES or a schema class; or ConsumerConfig JSON), as pulsar-admin takes them",
+           '{"TOPIC":"SCHEMA"}',
+           'a JSON object of topic -> schema type or ConsumerConfig JSON, e.g. {"in": "AVRO"}',
+           _json_object),
+    Option("--input-type-class-name", "input_type_class_name", _INPUTS,
+           "the pulsar.schema.Record class (module.Class) of JSON/AVRO inputs, Pulsar's "
+           "source typeClassName (default: the handler's input annotation)", "CLASS"),
     Option("--receiver-queue-size", "receiver_queue_size", _INPUTS,
            "messages each consumer prefetches", "N", "a whole number >= 0", _integer),
     Option("--output", "output", _OUTPUT, "output topic (default: no output)", "TOPIC", _TOPIC),
     Option("--output-schema-type", "output_schema_type", _OUTPUT,
-           "Pulsar schema of the output, e.g. STRING", "SCHEMA"),
+           "Pulsar schema of the output: STRING, JSON, AVRO, PROTOBUF_NATIVE, BYTES or a "
+           "schema class (module.Class)", "SCHEMA"),
+    Option("--schema-type", "output_schema_type", _OUTPUT,
+           "pulsar-admin's name for --output-schema-type", "SCHEMA"),
+    Option("--output-type-class-name", "output_type_class_name", _OUTPUT,
+           "the pulsar.schema.Record class (module.Class) of a JSON/AVRO output, Pulsar's sink "
+           "typeClassName (default: the handler's return annotation)", "CLASS"),
     Option("--output-serde-classname", "output_serde_class_name", _OUTPUT,
            "Pulsar Python serde class of the output", "CLASS"),
     Option("--batching", "producer.batching", _OUTPUT, "batch outputs", allowed=_BOOL,

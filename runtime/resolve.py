@@ -16,7 +16,7 @@ import argparse
 import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 
 from pulsarfunc.runtime.config import (
@@ -27,7 +27,7 @@ from pulsarfunc.runtime.config import (
     frozen_map,
 )
 from pulsarfunc.runtime.errors import ConfigError
-from pulsarfunc.runtime.formats import details_settings, function_config_settings
+from pulsarfunc.runtime.formats import custom_inputs, details_settings, function_config_settings
 from pulsarfunc.runtime.options import build_parser, env_settings, flag_settings, parse_bool
 
 # Where an image's entrypoint lives (Dockerfile.base's ENTRYPOINT); PULSARFUNC_ENTRYPOINT moves it.
@@ -118,12 +118,19 @@ def _build(base: FunctionConfig, merged: Settings) -> FunctionConfig:
 
     topics = value("inputs.topics", [s for s in base.inputs if not s.is_regex])
     patterns = value("inputs.patterns", [s for s in base.inputs if s.is_regex])
+    kinds = [("inputs.topics", topics), ("inputs.patterns", patterns)]
+    for key, yaml_key in _CUSTOM_INPUTS.items():  # per-topic serdes and schemas (flags)
+        if key in merged:
+            kinds.append((key, custom_inputs(yaml_key, merged[key].value, source(key))))
     inputs = tuple(
         replace(spec, topic=_checked(spec.topic, spec.is_regex, source(key)))
-        for key, specs in (("inputs.topics", topics), ("inputs.patterns", patterns))
+        for key, specs in kinds
         for spec in specs
     )
     top = {k: s.value for k, s in merged.items() if "." not in k}
+    for key in ("output_schema_properties",):
+        if isinstance(top.get(key), Mapping):
+            top[key] = frozen_map(top[key])
     for key in ("output", "log_topic", "dead_letter_topic"):
         if topic := value(key, getattr(base, key)):
             top[key] = _checked(topic, False, source(key))
@@ -145,9 +152,22 @@ def _sub_fields(merged: Settings, name: str) -> dict[str, Any]:
     return {k[len(prefix) :]: s.value for k, s in merged.items() if k.startswith(prefix)}
 
 
+# per-topic serdes and schemas, as their function-config keys, merged onto the inputs in order
+_CUSTOM_INPUTS = {"inputs.serdes": "customSerdeInputs", "inputs.schemas": "customSchemaInputs"}
+
+
 def _unique(specs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...]:
-    """Inputs in order, a later spec of the same topic replacing an earlier one (as Pulsar)."""
-    by_topic = {spec.topic: spec for spec in specs}
+    """Inputs in order, one per topic: what a later spec of the same topic sets (a serde, a
+    schema, a queue size) replaces the earlier one's, as pulsar-admin's --inputs,
+    --custom-serde-inputs and --custom-schema-inputs add up to one ConsumerSpec per topic."""
+    by_topic: dict[str, InputSpec] = {}
+    for spec in specs:
+        earlier = by_topic.get(spec.topic)
+        if earlier is not None:
+            bare = InputSpec(spec.topic)
+            given = {f.name: getattr(spec, f.name) for f in fields(spec)}
+            spec = replace(earlier, **{k: v for k, v in given.items() if v != getattr(bare, k)})
+        by_topic[spec.topic] = spec
     return tuple(by_topic.values())
 
 

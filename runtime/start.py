@@ -23,6 +23,7 @@ from pulsarfunc.runtime.errors import PulsarFuncError
 from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.logs import setup_logging
 from pulsarfunc.runtime.naming import function_id
+from pulsarfunc.runtime.schemas import wire_for
 from pulsarfunc.runtime.secrets import SecretsMap
 
 _log = logging.getLogger("pulsarfunc")
@@ -66,15 +67,23 @@ def run(
     spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
     config = complete(config, spec)
     setup_logging(config)
+    wire = wire_for(config, spec.input_codec, spec.output_codec)
     _log.info("starting %s: %s", config.fqfn, spec.describe())
+    for line in wire.describe():
+        _log.info("  %s", line)
     metrics = Metrics()
     with contextlib.ExitStack() as ops:  # closes in reverse: log topic, broker, metrics server
         server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
-        broker = PulsarBroker(config)
+        broker = PulsarBroker(config, wire)
         ops.callback(broker.close)
         ops.enter_context(publishing_logs(config, broker))
         instance = Instance(
-            config, spec, broker, secrets=SecretsMap(config.secrets, env or {}), metrics=metrics
+            config,
+            spec,
+            broker,
+            secrets=SecretsMap(config.secrets, env or {}),
+            metrics=metrics,
+            wire=wire,
         )
         if server is not None:
             server.watch(instance)
