@@ -7,14 +7,14 @@
         assert result.outputs == ["hi pulsar"]
 
 The handler is checked and called through the runtime's own invocation core
-(`pulsarfunc.runtime.invoke`: same forms and argument order, same codecs, the real `Context`,
-the configured timeout), one input at a time, in order. Each input is what a
-producer would send: bytes as they are, a value under the topic's schema or serde when one is
-configured (a `pulsar.schema.Record` under its schema), else str as UTF-8 and dict/list/dataclass
-as JSON (wrap it in `Message` to give it a key, properties or a topic); it is decoded by the
-handler's input codec, and each output is encoded by its output codec, so a payload the runtime
-would refuse fails here too. Only the broker is fake: `context.publish` is captured,
-`record_metric` values are kept in order, `context.ack()` is recorded. An exception from the handler is raised as it is, unless
+(`pulsarfunc.runtime.invoke`: same forms and argument order, same codecs, the real `Context`, the
+configured timeout), one input at a time, in order. Each input is what a producer would send: bytes
+as they are, a value under the topic's schema or serde when one is configured (a
+`pulsar.schema.Record` under its schema), else str as UTF-8 and dict/list/dataclass as JSON (wrap it
+in `Message` to give it a key, properties or a topic); it is decoded by the handler's input codec,
+and each output is encoded by its output codec, so a payload the runtime would refuse fails here
+too. Only the broker is fake: `context.publish` is captured, `record_metric` values are kept in
+order, `context.ack()` is recorded. An exception from the handler is raised as it is, unless
 `raise_errors=False`, which records it on the call and goes on with the next input.
 """
 
