@@ -224,6 +224,8 @@ def _custom(
     try:
         if count == 0:
             schema = kclass()
+        elif count == 1 and record is None:  # nothing else to give it (Pulsar passes None)
+            schema = kclass(props)
         elif count == 1:
             try:
                 schema = kclass(record)
