@@ -134,9 +134,10 @@ def test_a_payload_that_does_not_decode_is_dead_lettered_with_the_reason(
     assert output.data == b"a=1"
     assert letter.data == b"\x00not json"
     assert letter.properties["pulsarfunc.error.type"] == "PayloadError"
-    assert "does not decode under the schema JSON Reading" in letter.properties[
-        "pulsarfunc.error.message"
-    ]
+    assert (
+        "does not decode under the schema JSON Reading"
+        in letter.properties["pulsarfunc.error.message"]
+    )
 
 
 def test_custom_serde_flags_run_pulsar_s_example_unchanged(
