@@ -203,8 +203,9 @@ def _avro(ps: Any, record: type | None, where: str) -> Any:
     if importlib.util.find_spec("fastavro") is None:  # pulsar-client's `avro` extra
         raise ConfigError(
             f"{where}: an AVRO schema needs fastavro, which is not installed",
-            "pip install 'pulsar-client[avro]' (pulsarfunc build adds it to an image when the "
-            "function's code or config names AVRO, or when requirements.txt lists fastavro)",
+            "list fastavro in the function's requirements.txt (pulsarfunc build also adds it "
+            "when the function's code or config names AVRO); outside an image, pip install "
+            "'pulsar-client[avro]'",
         )
     return ps.AvroSchema(record)
 
