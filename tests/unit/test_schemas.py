@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,17 @@ def test_the_wire_describes_each_configured_topic() -> None:
     )
     _, wire = _wire(lambda x: x, config)
     assert wire.describe() == [f"input {IN}: schema STRING", "output: schema STRING"]
+
+
+def test_the_readings_example_converts_under_json_and_avro() -> None:
+    loaded = load(str(EXAMPLES.parents[2] / "examples" / "readings"))
+    handler = inspect_handler(loaded.obj, where=loaded.where)
+    reading = sys.modules[loaded.module].Reading
+    assert "input schema JSON Reading, output schema JSON Converted" in handler.describe()
+    (out,) = run_function(handler, [reading(sensor="s", celsius=100.0)]).outputs
+    assert (out.sensor, out.fahrenheit) == ("s", 212.0)
+    config = resolve(
+        ["--custom-schema-inputs", '{"in": "AVRO"}', "--output", "o", "--schema-type", "AVRO"], {}
+    )
+    result = run_function(handler, [reading(sensor="s", celsius=0.0)], config=config)
+    assert AvroSchema(type(result.outputs[0])).decode(result.payloads[0]).fahrenheit == 32.0
