@@ -17,7 +17,9 @@ pulsarfunc and Pulsar's instance add, and the naive loop (bench/limit_loops.py);
 broker's network), sync and async, at --concurrency 1 and at the default; (c) Pulsar's own
 Python instance (python_instance_main.py of $PULSAR_HOME, in a venv of its own under
 ~/.cache/pulsarfunc); (d) cold start, from `docker run` / `pulsarfunc run` to the first output;
-(e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64.
+(e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64;
+(f) the same trivial function on a ~100-byte record under a JSON and an AVRO schema (issue 13:
+drain only, beside the bytes case).
 With --baseline REF, the old commit runs beside this tree (issue 12): the same venv python runs
 `python -m pulsarfunc run`, sync and async at the default concurrency, from a git worktree of
 REF first on PYTHONPATH (bench/baseline.py; removed at exit) on this tree's bench/fns, each
@@ -128,6 +130,17 @@ def limit_loop(mode: str, workdir: Path) -> Start:
     return start
 
 
+def schema_payloads(schema: str) -> Callable[[int], bytes]:
+    """Payload i of the schema cases: bench/fns/schema_echo's Sample under `schema`."""
+    sys.path.insert(0, str(FNS / "schema_echo"))
+    import pulsar.schema
+    from sample import sample  # type: ignore[import-not-found]
+
+    codec = pulsar.schema.JsonSchema if schema == "JSON" else pulsar.schema.AvroSchema
+    encode = codec(type(sample(0))).encode
+    return lambda i: bytes(encode(sample(i)))
+
+
 def _function_flags(
     url: str, source: str, sink: str, sub: str, concurrency: int | None
 ) -> list[str]:
@@ -137,10 +150,15 @@ def _function_flags(
 
 
 def localrun(
-    fn: str, concurrency: int | None, workdir: Path, baseline: baseline_tree.Baseline | None = None
+    fn: str,
+    concurrency: int | None,
+    workdir: Path,
+    baseline: baseline_tree.Baseline | None = None,
+    schema: str = "",
 ) -> Start:
     """`pulsarfunc run bench/fns/FN/handler.py:handler` as a user runs it; with `baseline`,
-    the baseline worktree's pulsarfunc in the same venv (`python -m pulsarfunc run`)."""
+    the baseline worktree's pulsarfunc in the same venv (`python -m pulsarfunc run`); with
+    `schema`, that Pulsar schema on the input and the output."""
     if baseline is None:
         pulsarfunc, env = [str(Path(sys.executable).with_name("pulsarfunc"))], None
     else:
@@ -149,6 +167,9 @@ def localrun(
     def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
         target = f"{FNS / fn / 'handler.py'}:handler"
         flags = _function_flags(broker.service_url, source, sink, sub, concurrency)
+        if schema:
+            flags += ["--custom-schema-inputs", json.dumps({source: schema})]
+            flags += ["--output-schema-type", schema]
         return _spawn([*pulsarfunc, "run", target, *flags], workdir, env)
 
     return start
@@ -273,11 +294,17 @@ class Settings:
 
 
 def run_once(
-    broker: Broker, start: Start, settings: Settings, figures: Figures, count: int, latency: bool
+    broker: Broker,
+    start: Start,
+    settings: Settings,
+    figures: Figures,
+    count: int,
+    latency: bool,
+    payload: Callable[[int], bytes] | None = None,
 ) -> None:
     """One run: drain a backlog of `count`, then (optionally) latency at a fixed rate."""
     source, sink, sub = harness.topic("in"), harness.topic("out"), "bench"
-    harness.produce_backlog(broker.service_url, source, count)
+    harness.produce_backlog(broker.service_url, source, count, payload)
     running = start(broker, source, sink, sub)
     try:
         timeout = 60 + count / 500
@@ -474,6 +501,10 @@ def main(argv: Sequence[str]) -> int:
             start = localrun(fn, concurrency, workdir)
             cases.append((name, start, {"count": count, "latency": False}))
     cases.append(("b pulsarfunc run, sync, concurrency 16", localrun("echo", 16, workdir), {}))
+    for schema in ("JSON", "AVRO"):  # issue 13: beside the bytes cases, drain only
+        start = localrun("schema_echo", dflt, workdir, schema=schema)
+        options = {"latency": False, "payload": schema_payloads(schema)}
+        cases.append((f"f pulsarfunc run, {schema} schema, default concurrency", start, options))
     if baseline is not None:  # each right after this tree's case, in every round
         for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
             at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
@@ -516,7 +547,9 @@ def main(argv: Sequence[str]) -> int:
                 else settings.messages
             )
             latency = bool(options.get("latency", True))
-            run_once(broker, start, settings, results[name], count, latency)
+            payload = options.get("payload")
+            assert payload is None or callable(payload)
+            run_once(broker, start, settings, results[name], count, latency, payload)
             figures = results[name]
             p99 = f", p99 {figures.p99s[-1]:.2f} ms" if latency else ""
             print(f"  {name}: {figures.rates[-1]:,.0f} msg/s{p99}", flush=True)
