@@ -133,10 +133,14 @@ def quiet_client(service_url: str) -> Any:
 
 
 def produce_backlog(
-    service_url: str, target: str, count: int, payload: Callable[[int], bytes] | None = None
+    service_url: str,
+    target: str,
+    count: int,
+    payload: Callable[[int], bytes] | None = None,
+    schema: Any = None,
 ) -> None:
-    """`count` messages of PAYLOAD_BYTES (or `payload(i)`), batched, all persisted when this
-    returns."""
+    """`count` messages of PAYLOAD_BYTES (or `payload(i)`, from a producer declaring the
+    pulsar-client `schema`), batched, all persisted when this returns."""
     client = quiet_client(service_url)
     try:
         producer = client.create_producer(
@@ -145,6 +149,7 @@ def produce_backlog(
             batching_enabled=True,
             batching_max_publish_delay_ms=5,
             max_pending_messages=10_000,
+            **({} if schema is None else {"schema": schema}),
         )
         native = producer._producer
         now = int(time.time() * 1000)

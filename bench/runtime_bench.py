@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import baseline as baseline_tree  # type: ignore[import-not-found]  # bench/ is on sys.path
 import harness  # type: ignore[import-not-found]  # bench/ is on sys.path when run
@@ -130,15 +131,26 @@ def limit_loop(mode: str, workdir: Path) -> Start:
     return start
 
 
-def schema_payloads(schema: str) -> Callable[[int], bytes]:
-    """Payload i of the schema cases: bench/fns/schema_echo's Sample under `schema`."""
-    sys.path.insert(0, str(FNS / "schema_echo"))
-    import pulsar.schema
-    from sample import sample  # type: ignore[import-not-found]
+@dataclass(frozen=True)
+class SchemaPayloads:
+    """The schema cases' backlog: bench/fns/schema_echo's Sample under `schema`, produced by
+    a producer declaring it (a broker refuses a schema on a topic that holds schema-less data)."""
 
-    codec = pulsar.schema.JsonSchema if schema == "JSON" else pulsar.schema.AvroSchema
-    encode = codec(type(sample(0))).encode
-    return lambda i: bytes(encode(sample(i)))
+    schema: Any
+
+    @classmethod
+    def of(cls, schema_type: str) -> SchemaPayloads:
+        sys.path.insert(0, str(FNS / "schema_echo"))
+        import pulsar.schema
+        from sample import sample  # type: ignore[import-not-found]
+
+        kind = pulsar.schema.JsonSchema if schema_type == "JSON" else pulsar.schema.AvroSchema
+        return cls(kind(type(sample(0))))
+
+    def __call__(self, i: int) -> bytes:
+        from sample import sample
+
+        return bytes(self.schema.encode(sample(i)))
 
 
 def _function_flags(
@@ -300,11 +312,12 @@ def run_once(
     figures: Figures,
     count: int,
     latency: bool,
-    payload: Callable[[int], bytes] | None = None,
+    payload: SchemaPayloads | None = None,
 ) -> None:
     """One run: drain a backlog of `count`, then (optionally) latency at a fixed rate."""
     source, sink, sub = harness.topic("in"), harness.topic("out"), "bench"
-    harness.produce_backlog(broker.service_url, source, count, payload)
+    schema = payload.schema if payload is not None else None
+    harness.produce_backlog(broker.service_url, source, count, payload, schema)
     running = start(broker, source, sink, sub)
     try:
         timeout = 60 + count / 500
@@ -503,7 +516,7 @@ def main(argv: Sequence[str]) -> int:
     cases.append(("b pulsarfunc run, sync, concurrency 16", localrun("echo", 16, workdir), {}))
     for schema in ("JSON", "AVRO"):  # issue 13: beside the bytes cases, drain only
         start = localrun("schema_echo", dflt, workdir, schema=schema)
-        options = {"latency": False, "payload": schema_payloads(schema)}
+        options = {"latency": False, "payload": SchemaPayloads.of(schema)}
         cases.append((f"f pulsarfunc run, {schema} schema, default concurrency", start, options))
     if baseline is not None:  # each right after this tree's case, in every round
         for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
@@ -548,7 +561,7 @@ def main(argv: Sequence[str]) -> int:
             )
             latency = bool(options.get("latency", True))
             payload = options.get("payload")
-            assert payload is None or callable(payload)
+            assert payload is None or isinstance(payload, SchemaPayloads)
             run_once(broker, start, settings, results[name], count, latency, payload)
             figures = results[name]
             p99 = f", p99 {figures.p99s[-1]:.2f} ms" if latency else ""

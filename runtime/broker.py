@@ -301,10 +301,12 @@ class PulsarBroker:
             self._client = pulsar.Client(config.service_url, **_client_kwargs(config))
             self._sources = self._subscribe()
         except pulsar.PulsarException as exc:
+            if isinstance(exc, pulsar.IncompatibleSchema):  # asks the broker: before close
+                error = self._incompatible(exc, "consume", config.input_topics)
+            else:
+                error = _subscribe_error(config, exc)
             self.close()
-            if isinstance(exc, pulsar.IncompatibleSchema):
-                raise self._incompatible(exc, "consume", config.input_topics) from exc
-            raise _subscribe_error(config, exc) from exc
+            raise error from exc
 
     @property
     def sources(self) -> Sequence[_Consumer]:
@@ -443,8 +445,9 @@ class PulsarBroker:
         return BrokerError(
             f"cannot {doing} {', '.join(found)}: the broker refused the schema as incompatible "
             f"({exc})",
-            "use the topic's schema, or change the topic's schema compatibility policy "
-            "(pulsar-admin namespaces set-schema-compatibility-strategy) or delete its schema",
+            "use the topic's schema; or change the topic's schema compatibility policy "
+            "(pulsar-admin namespaces set-schema-compatibility-strategy); a topic that holds "
+            "schema-less data takes no schema until that data is gone",
         )
 
     def _registered(self, topic: str) -> str:
@@ -453,6 +456,8 @@ class PulsarBroker:
         try:
             info = client._client.get_schema_info(topic, -1)  # type: ignore[union-attr]
             return str(info.schema_type()).rpartition(".")[2]
+        except pulsar.TopicNotFound:  # what the broker answers for a topic without a schema
+            return "no schema (it holds schema-less data)"
         except Exception as exc:  # best effort: the error names what it can
             _log.debug("schema of %s: %s", topic, exc)
             return "schema (type unknown)"

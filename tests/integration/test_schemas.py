@@ -188,6 +188,23 @@ def test_a_schema_the_broker_refuses_fails_the_start_naming_both_types(
     assert "Traceback" not in proc.stderr
 
 
+def test_a_schema_on_a_topic_holding_schema_less_data_fails_the_start_saying_so(
+    pulsar: PulsarBroker, tmp_path: Path
+) -> None:
+    src = unique_topic("bytes-in")
+    produce(pulsar.service_url, src, [b"raw"])  # data, and no schema
+    fn = tmp_path / "fn.py"
+    fn.write_text("def handler(text: str) -> str:\n    return text\n")
+    proc = subprocess.run(
+        [PULSARFUNC, "run", str(fn), "--service-url", pulsar.service_url,
+         "--custom-schema-inputs", json.dumps({src: "STRING"})],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot consume {src} (the function's STRING, the topic's no schema" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_string_schema_input_is_registered_and_decoded(pulsar: PulsarBroker) -> None:
     src, out = unique_topic("str-in"), unique_topic("str-out")
     config = resolve(
