@@ -85,6 +85,37 @@ def test_pulsar_s_avro_example_reads_and_writes_avro_records_with_pulsar_client(
         assert json.loads(schema["data"])["name"] == "AvroTestObject"
 
 
+def test_a_java_producer_s_avro_records_reach_the_function(pulsar: PulsarBroker) -> None:
+    """Pulsar's own Java CLI (`bin/pulsar-client produce -vs avro:...`, in the broker's
+    container) produces AVRO records that the unchanged Pulsar example reads."""
+    if pulsar.container is None:
+        pytest.skip("an external broker: no Pulsar CLI at hand")
+    src, out = unique_topic("java-in"), unique_topic("java-out")
+    handler = _example("avro_schema_test_function")
+    record = importlib.import_module("avro_schema_test_function").AvroTestObject
+    config = resolve(
+        ["--service-url", pulsar.service_url, "--subscription-position", "EARLIEST",
+         "--custom-schema-inputs", json.dumps({src: "AVRO"}), "--input-type-class-name",
+         AVRO_CLASS, "--output", out, "--schema-type", "AVRO", "--output-type-class-name",
+         AVRO_CLASS],
+        {},
+    )  # fmt: skip
+    value = '{"baseValue": {"int": 32}, "objectValue": {"string": "from java"}}'  # Avro JSON
+    command = [
+        "bin/pulsar-client", "produce", src, "-s", "#",
+        "-vs", "avro:" + json.dumps(record.schema()), "-m", value,
+    ]  # fmt: skip
+    with (
+        subscribe_first(pulsar.service_url, out) as sink,
+        running(handler, config),
+    ):
+        code, output = pulsar.container.exec_run(command)
+        assert code == 0, output.decode()
+        (got,) = sink.collect(1, timeout_s=60)
+    read = AvroSchema(record).decode(got.data)
+    assert (read.baseValue, read.objectValue) == (42, "from java")
+
+
 def test_a_record_annotation_registers_a_json_schema_and_interoperates(
     pulsar: PulsarBroker,
 ) -> None:
