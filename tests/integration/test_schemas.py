@@ -110,7 +110,7 @@ def test_a_java_producer_s_avro_records_reach_the_function(pulsar: PulsarBroker)
         running(handler, config),
     ):
         code, output = pulsar.container.exec_run(command)
-        assert code == 0, output.decode()
+        assert code == 0, output
         (got,) = sink.collect(1, timeout_s=60)
     read = AvroSchema(record).decode(got.data)
     assert (read.baseValue, read.objectValue) == (42, "from java")
