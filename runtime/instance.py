@@ -50,6 +50,10 @@ _log = logging.getLogger("pulsarfunc.instance")
 
 def choose_engine(core: Core, handler: Handler) -> Engine:
     """The engine for this handler and configuration (see `engine.py`)."""
+    if core.config.window.enabled:
+        from pulsarfunc.runtime.engine_window import WindowEngine  # only window functions
+
+        return WindowEngine(core, handler)
     if ordered(core.config):
         return OrderedEngine(core, lanes=1)
     if handler.is_async:
