@@ -287,6 +287,13 @@ class Windows(Generic[T]):
             start = reference - spec.length_ms if spec.length_ms is not None else first
             end = reference if spec.length_ms is not None else last
             progress.fired.append(Fired(tuple(e.item for e in self._events), start, end))
+        # what the next window cannot hold leaves now, not at the next firing (a tumbling
+        # window's messages are acknowledged as soon as its output is persisted)
+        if spec.length_count is not None and spec.slide_count is not None:
+            self._evict(len(self._events) - (spec.length_count - spec.slide_count), progress)
+        elif spec.length_ms is not None and spec.slide_ms is not None:
+            horizon = reference + spec.slide_ms - spec.length_ms
+            self._evict(bisect.bisect_right(self._keys, (horizon, 1 << 62)), progress)
 
     def _evict(self, count: int, progress: Progress[T]) -> None:
         if count > 0:
@@ -315,8 +322,8 @@ class Windows(Generic[T]):
             if self._window_end is None or self._window_end <= self._events[0].ts - (
                 spec.length_ms or 0
             ):
-                # the first window that can hold the oldest event
-                self._window_end = (self._events[0].ts // slide + 1) * slide
+                # the first window that can hold the oldest event: (end - length, end]
+                self._window_end = -(-self._events[0].ts // slide) * slide
             end = self._window_end
             if end > mark:
                 return
