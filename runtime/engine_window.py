@@ -108,8 +108,17 @@ class WindowEngine:
         self._thread.start()
 
     def join(self, deadline: float) -> bool:
+        """Wait for the thread, then settle what the last outputs' receipts make ready (they
+        come after it ended), until nothing is in flight or the deadline."""
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._thread.is_alive()
+        if self._thread.is_alive():
+            return False
+        tracker = self.core.tracker
+        while True:
+            self._settle_ready()
+            if tracker.in_flight == 0 or time.monotonic() >= deadline:
+                return tracker.in_flight == 0
+            time.sleep(0.01)
 
     def close(self) -> None:
         """Nothing to release: the thread ends on its own."""

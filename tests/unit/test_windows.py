@@ -413,3 +413,25 @@ def test_under_atmost_once_windows_ack_on_receipt() -> None:
         wait_for(lambda: len(broker.sent[OUT]) == 1)
     assert len(broker.sources[0].acked) == 3
     assert broker.sources[0].nacked == []
+
+
+def test_outputs_persisted_after_the_stop_still_settle_their_messages() -> None:
+    broker = FakeBroker()
+    persisted = threading.Event()
+    broker.held[OUT] = persisted
+    broker.feed(*_ints(1, 2))
+
+    def total(window: list[int]) -> int:
+        return sum(window)
+
+    config = make_config(window=WindowSettings(window_length_count=2))
+    instance = Instance(config, inspect_handler(total, window=True), broker)
+    drained: list[bool] = []
+    thread = threading.Thread(target=lambda: drained.append(instance.run()), daemon=True)
+    thread.start()
+    wait_for(lambda: len(broker.sent[OUT]) == 1)
+    instance.stop()  # the window's output is not persisted yet
+    threading.Timer(0.2, persisted.set).start()
+    thread.join(10)
+    assert drained == [True]
+    assert [m.payload for m in broker.sources[0].acked] == [b"1", b"2"]
