@@ -59,6 +59,7 @@ class Item:
 
 
 Timestamp = Callable[[Any, InMessage], int]
+_LATER = object()  # an item's value, decoded when its window fires
 
 
 def timestamp_of(core: Core, now: Callable[[], int]) -> Timestamp:
@@ -96,6 +97,7 @@ class WindowEngine:
         self.spec: Spec = spec_of(core.config.window, core.config.receiver_queue_size)
         self._clock = clock
         self._timestamp = timestamp_of(core, clock)
+        self._by_value = bool(core.config.window.timestamp_extractor_class_name)
         self._windows: Windows[Item] = Windows(self.spec, clock())
         self._ready: collections.deque[list[Ticket]] = collections.deque()
         self._tracks = core.config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
@@ -158,8 +160,8 @@ class WindowEngine:
 
     def _add(self, ticket: Ticket) -> None:
         msg = ticket.msg
-        try:
-            value = self.core.invoker.decode(msg)
+        try:  # decoded when it fires, unless its time comes from its value: one copy held
+            value = self.core.invoker.decode(msg) if self._by_value else _LATER
             ts = self._timestamp(value, msg)
         except Exception as exc:
             self._fail_now(ticket, exc)
@@ -185,10 +187,17 @@ class WindowEngine:
         core = self.core
         items = fired.items
         core.metrics.note_window(fired=1)
+        values = []
+        for item in items:
+            try:
+                values.append(self._value(item))
+            except Exception as exc:  # a payload that does not decode: that message fails
+                core.settler.fail(item.ticket, exc)
+        if not values:
+            return
         last = items[-1].ticket
         ctx = Context(core.env, last.msg, last)
         try:
-            values = [self._value(item) for item in items]
             outputs = core.invoker.call(ctx, values)
             payloads = [core.outputs.encode(out) for out in outputs]
         except Exception as exc:
@@ -215,11 +224,12 @@ class WindowEngine:
         core.broker.send_batch(messages, persisted)
 
     def _value(self, item: Item) -> Any:
-        if not self.handler.window_records:
-            return item.value
         msg = item.ticket.msg
+        value = self.core.invoker.decode(msg) if item.value is _LATER else item.value
+        if not self.handler.window_records:
+            return value
         return WindowRecord(
-            value=item.value,
+            value=value,
             key=msg.partition_key() or None,
             event_time=msg.event_timestamp() or None,
             topic=msg.topic_name(),

@@ -435,3 +435,20 @@ def test_outputs_persisted_after_the_stop_still_settle_their_messages() -> None:
     thread.join(10)
     assert drained == [True]
     assert [m.payload for m in broker.sources[0].acked] == [b"1", b"2"]
+
+
+def test_a_payload_that_does_not_decode_fails_only_that_message_of_its_window() -> None:
+    broker = FakeBroker()
+    broker.feed(FakeMessage(b"1"), FakeMessage(b"not json"), FakeMessage(b"2"))
+    seen: list[list[int]] = []
+
+    def keep(window: list[int]) -> int:
+        seen.append(window)
+        return sum(window)
+
+    fields = {"window": WindowSettings(window_length_count=3), "redelivery_delay_ms": 60_000}
+    with running(keep, broker, **fields):
+        wait_for(lambda: len(broker.sources[0].nacked) == 1)
+        wait_for(lambda: len(broker.sources[0].acked) == 2)
+    assert seen == [[1, 2]]
+    assert broker.sources[0].nacked[0].payload == b"not json"
