@@ -452,3 +452,31 @@ def test_a_payload_that_does_not_decode_fails_only_that_message_of_its_window() 
         wait_for(lambda: len(broker.sources[0].acked) == 2)
     assert seen == [[1, 2]]
     assert broker.sources[0].nacked[0].payload == b"not json"
+
+
+def _example(name: str) -> Any:
+    from pathlib import Path
+
+    from pulsarfunc.runtime.discovery import load
+
+    root = Path(__file__).resolve().parents[2] / "examples" / name
+    return load(str(root)).obj
+
+
+def test_the_window_sum_example_sums_each_hundred() -> None:
+    broker = FakeBroker()
+    broker.feed(*_ints(*range(250)))
+    with running(_example("window-sum"), broker, window=WindowSettings(window_length_count=100)):
+        wait_for(lambda: len(broker.sent[OUT]) == 2)
+    assert [m.payload for m in broker.sent[OUT]] == [b"4950", b"14950"]
+
+
+def test_the_window_average_example_averages_the_last_window() -> None:
+    broker = FakeBroker()
+    broker.feed(*(FakeMessage(str(v).encode()) for v in (1.0, 2.0, 6.0)))
+    window = WindowSettings(window_length_duration_ms=10_000, sliding_interval_duration_ms=100)
+    with running(_example("window-average"), broker, window=window):
+        wait_for(lambda: len(broker.sent[OUT]) >= 1)
+    first = json.loads(broker.sent[OUT][0].payload)
+    assert (first["average"], first["count"]) == (3.0, 3)
+    assert first["first"] <= first["last"]
