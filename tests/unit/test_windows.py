@@ -480,3 +480,29 @@ def test_the_window_average_example_averages_the_last_window() -> None:
     first = json.loads(broker.sent[OUT][0].payload)
     assert (first["average"], first["count"]) == (3.0, 3)
     assert first["first"] <= first["last"]
+
+
+class TakesTimeFromTheValue:
+    """A timestamp extractor, as `--timestamp-extractor-classname test_windows.TakesTime...`."""
+
+    def extract_timestamp(self, value: dict[str, int]) -> int:
+        return value["at"]
+
+
+def test_event_time_from_a_timestamp_extractor() -> None:
+    broker = FakeBroker()
+    at = [1010, 1090, 1150, 1400]
+    broker.feed(*(FakeMessage(json.dumps({"at": t}).encode()) for t in at))
+    seen: list[list[int]] = []
+
+    def times(window: list[dict[str, int]]) -> None:
+        seen.append([v["at"] for v in window])
+
+    window = WindowSettings(
+        window_length_duration_ms=100,
+        timestamp_extractor_class_name=f"{__name__}.TakesTimeFromTheValue",
+        watermark_emit_interval_ms=10,
+    )
+    with running(times, broker, window=window):
+        wait_for(lambda: len(seen) == 3)
+    assert seen == [[1010, 1090], [1150], [1400]]  # (1000, 1100], (1100, 1200], (1300, 1400]
