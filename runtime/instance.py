@@ -122,7 +122,8 @@ class Instance:
         waiting for a retry). Start-up errors are raised.
         """
         core = self.core
-        for topic in [core.config.output, *dead_letter_topics(core.config)]:
+        late = core.config.window.late_data_topic
+        for topic in [core.config.output, *dead_letter_topics(core.config), late]:
             if topic:
                 self.broker.open_producer(topic)
         self.engine.start()
