@@ -6,6 +6,9 @@ instance builds those pieces once, picks the engine, and runs it:
     start   the output and dead-letter producers are created (a topic the broker refuses fails
             the start), then the engine starts taking messages; ready from then on
     run     until `stop()` (SIGTERM, SIGINT)
+    swap    (`pulsarfunc run --watch`) another handler on the same client, consumer and
+            producers: the engine stops taking messages, what it took is settled (or stays
+            parked for a retry), then an engine for the new handler goes on
     stop    the engine stops taking messages and settles what it took; one deadline
             (--drain-timeout-ms) for all of it. What is left at the deadline is negatively
             acknowledged (the broker gives it to the next consumer), and `run` says so: the
@@ -17,6 +20,7 @@ tests run it on Apache Pulsar.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -45,6 +49,7 @@ from pulsarfunc.runtime.tracker import Tracker
 from pulsarfunc.runtime.transport import Broker
 
 _log = logging.getLogger("pulsarfunc.instance")
+_SWAP_REPORT_S = 5.0  # how often a swap waiting for messages in flight says so
 
 
 def choose_engine(core: Core, handler: Handler) -> Engine:
@@ -103,8 +108,12 @@ class Instance:
             concurrency=self.concurrency,
             stopping=threading.Event(),
         )
+        self._hooks = (tracker.on_ready, tracker.on_parked)  # as no engine has set them
         self.engine = choose_engine(self.core, handler)
         self._started = threading.Event()
+        self._stop = threading.Event()
+        self._swap_lock = threading.Lock()  # one swap at a time; the stop waits for it
+        self._swapping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self, *, ready: Callable[[], None] | None = None) -> bool:
@@ -122,9 +131,12 @@ class Instance:
         self._started.set()
         if ready is not None:
             ready()
-        core.stopping.wait()
+        self._stop.wait()
+        with self._swap_lock:  # a swap under way gives up (or completes) first
+            core, engine = self.core, self.engine
+        core.stopping.set()
         deadline = time.monotonic() + core.config.drain_timeout_ms / 1000.0
-        drained = self.engine.join(deadline) and core.tracker.wait_idle(deadline)
+        drained = engine.join(deadline) and core.tracker.wait_idle(deadline)
         if not drained:
             left = core.tracker.abandon()
             _log.warning(
@@ -138,7 +150,7 @@ class Instance:
                     source.nack(msg)
                 except Exception as exc:
                     _log.warning("cannot nack message %s: %s", msg.message_id(), exc)
-        self.engine.close()
+        engine.close()
         self._flush(deadline)
         core.settler.close()
         self._services.close()
@@ -154,24 +166,109 @@ class Instance:
             _log.warning("outputs still unsent at the stop deadline: the broker is away")
 
     def stop(self) -> None:
-        """Stop taking messages; `run` then drains and returns."""
+        """Stop taking messages; `run` then drains and returns. Safe in a signal handler: it
+        takes no lock (`run` stops the engine a swap may have started meanwhile)."""
+        self._stop.set()
         self.core.stopping.set()
 
     @property
     def stopping(self) -> bool:
-        return self.core.stopping.is_set()
+        return self._stop.is_set()
+
+    @property
+    def started(self) -> bool:
+        """The producers are open and the engine takes messages (`run` got that far)."""
+        return self._started.is_set()
+
+    @property
+    def handler(self) -> Handler:
+        """The handler messages are given to now."""
+        return self.core.invoker.handler
 
     @property
     def alive(self) -> bool:
-        """Liveness: every thread of the engine runs (or the instance is stopping)."""
-        return self.stopping or not self._started.is_set() or self.engine.alive
+        """Liveness: every thread of the engine runs (or the instance is stopping, or swapping
+        its engine)."""
+        return self.stopping or not self._started.is_set() or self._swapping or self.engine.alive
 
     @property
     def ready(self) -> bool:
-        """Readiness: started (producers open, consuming), connected, not stopping."""
+        """Readiness: started (producers open, consuming), connected, not stopping, not between
+        two engines."""
         return (
             self._started.is_set()
             and not self.stopping
+            and not self._swapping
             and self.engine.alive
             and self.broker.connected()
+        )
+
+    # -- reload ----------------------------------------------------------------------------------
+    def swap(self, handler: Handler) -> bool:
+        """Go on with `handler` on the same client, consumer and producers (a reload).
+
+        The engine stops taking messages; the messages it took finish with the handler they
+        started with and are settled as the guarantee says (a failed one stays parked and is
+        retried by the new handler). Then an engine for `handler` (which may be async where the
+        old one was sync) takes over, with the receiver queue, the tracker and the settler as
+        they are: nothing is given back to the broker, nothing is processed twice. Waits as
+        long as messages are in flight (a stop cuts it short). False if the instance is not
+        running: not started yet, or stopping (then nothing changed).
+        """
+        with self._swap_lock:
+            if self._stop.is_set() or not self._started.is_set():
+                return False
+            old, engine = self.core, self.engine
+            self._swapping = True
+            try:
+                old.handover.set()
+                old.stopping.set()
+                if not self._quiesce(old, engine):
+                    return False  # stopping: `run` drains and closes the old engine
+                engine.close()
+                core = self._core_for(handler)
+                old.tracker.on_ready, old.tracker.on_parked = self._hooks
+                self.engine = choose_engine(core, handler)
+                self.core, self.concurrency = core, core.concurrency
+                self.engine.start()
+                if core.tracker.parked():
+                    core.tracker.on_parked()  # an event-loop engine arms its retry timer
+            except BaseException:
+                self.stop()  # no engine may be taking messages: stop rather than sit idle
+                raise
+            finally:
+                self._swapping = False
+        _log.info("swapped the handler: %s", handler.describe())
+        return True
+
+    def _quiesce(self, core: Core, engine: Engine) -> bool:
+        """Wait until `engine` took its last message and nothing but parked retries is in
+        flight; False if the instance is told to stop meanwhile."""
+        began = reported = time.monotonic()
+        while True:
+            soon = time.monotonic() + 0.1
+            if engine.join(soon) and core.tracker.wait_quiet(soon):
+                return True
+            if self._stop.is_set():
+                return False
+            if time.monotonic() - reported >= _SWAP_REPORT_S:
+                reported = time.monotonic()
+                _log.warning(
+                    "reload waits for the messages in flight (%d, %.0f s so far) to finish "
+                    "with the previous handler",
+                    core.tracker.in_flight - core.tracker.parked(),
+                    reported - began,
+                )
+
+    def _core_for(self, handler: Handler) -> Core:
+        """The instance's core with `handler`'s invoker and outputs, and fresh stop events."""
+        core = self.core
+        concurrency = effective_concurrency(core.config, handler.is_async)
+        return dataclasses.replace(
+            core,
+            invoker=Invoker.for_config(handler, core.config, concurrency),
+            outputs=Outputs.for_config(core.config, handler),
+            concurrency=concurrency,
+            stopping=threading.Event(),
+            handover=threading.Event(),
         )

@@ -16,7 +16,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.errors import PulsarFuncError
@@ -24,6 +24,12 @@ from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.logs import setup_logging
 from pulsarfunc.runtime.naming import function_id
 from pulsarfunc.runtime.secrets import SecretsMap
+
+if TYPE_CHECKING:
+    from pulsarfunc.runtime.instance import Instance
+
+Attach = Callable[["Instance"], contextlib.AbstractContextManager[object]]
+"""Something to run beside the instance while it runs (`--watch`: the file watcher)."""
 
 _log = logging.getLogger("pulsarfunc")
 
@@ -51,11 +57,13 @@ def run(
     where: str = "",
     ready: Callable[[], None] | None = None,
     stop: threading.Event | None = None,
+    attach: Attach | None = None,
 ) -> bool:
     """Run `handler` as a function instance until stopped (signal or `stop` event).
 
     True when the graceful stop settled every message; False when the drain deadline passed
-    with messages left (negatively acknowledged for redelivery).
+    with messages left (negatively acknowledged for redelivery). `attach(instance)` is entered
+    before the run and left after it, before the client closes.
     """
     from pulsarfunc.runtime.broker import PulsarBroker
     from pulsarfunc.runtime.exposition import serving
@@ -68,7 +76,7 @@ def run(
     setup_logging(config)
     _log.info("starting %s: %s", config.fqfn, spec.describe())
     metrics = Metrics()
-    with contextlib.ExitStack() as ops:  # closes in reverse: log topic, broker, metrics server
+    with contextlib.ExitStack() as ops:  # closes in reverse: attached, log topic, broker, server
         server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
         broker = PulsarBroker(config)
         ops.callback(broker.close)
@@ -78,6 +86,8 @@ def run(
         )
         if server is not None:
             server.watch(instance)
+        if attach is not None:
+            ops.enter_context(attach(instance))
         restore = _on_signals(instance.stop)
         if stop is not None:
 
@@ -142,10 +152,11 @@ def main_with(
     *,
     where: str = "",
     prog: str = "pulsarfunc run",
+    attach: Attach | None = None,
 ) -> int:
     """A function program's main: resolve config from argv/env, run; returns the exit code.
 
-    `prog` names the program in `--help` unless PULSARFUNC_PROG does.
+    `prog` names the program in `--help` unless PULSARFUNC_PROG does; `attach` as for `run`.
     """
     from pulsarfunc.runtime.resolve import launch, resolve  # YAML and protobuf: only for main
 
@@ -153,7 +164,7 @@ def main_with(
     try:
         spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
         config = resolve(argv, env, prog=settings.prog)
-        drained = run(spec, config, env=env, where=where)
+        drained = run(spec, config, env=env, where=where, attach=attach)
     except Exception as exc:
         return report(exc, debug=settings.debug)
     return 0 if drained else 1
