@@ -208,9 +208,8 @@ class Reloader:
         handler = self.load()
         if handler is None:
             return Outcome.KEPT
-        if not self._swap(handler):
+        if not self._swap(handler):  # the instance logs the swap, with the form found
             return Outcome.NOT_RUNNING
-        _log.info("reloaded %s", self.ref)
         return Outcome.RELOADED
 
     def load(self) -> Handler | None:
@@ -263,6 +262,7 @@ def watching(instance: Swappable, reloader: Reloader) -> Iterator[None]:
 def _watch(instance: Swappable, reloader: Reloader, stop: threading.Event) -> None:
     import watchfiles
 
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # our own lines say what changed
     while not instance.started:  # a reload swaps a running engine only
         if stop.wait(0.05):
             return
