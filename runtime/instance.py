@@ -40,10 +40,12 @@ from pulsarfunc.runtime.engine import (
 from pulsarfunc.runtime.engine_async import AsyncEngine
 from pulsarfunc.runtime.engine_batch import BatchEngine
 from pulsarfunc.runtime.engine_ordered import OrderedEngine
+from pulsarfunc.runtime.errors import HandlerError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.invoke import Invoker
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
+from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.settle import Settler, dead_letter_topics
 from pulsarfunc.runtime.tracker import Tracker
 from pulsarfunc.runtime.transport import Broker
@@ -54,6 +56,10 @@ _SWAP_REPORT_S = 5.0  # how often a swap waiting for messages in flight says so
 
 def choose_engine(core: Core, handler: Handler) -> Engine:
     """The engine for this handler and configuration (see `engine.py`)."""
+    if core.config.window.enabled:
+        from pulsarfunc.runtime.engine_window import WindowEngine  # only window functions
+
+        return WindowEngine(core, handler)
     if ordered(core.config):
         return OrderedEngine(core, lanes=1)
     if handler.is_async:
@@ -61,6 +67,35 @@ def choose_engine(core: Core, handler: Handler) -> Engine:
     if keyed(core.config) and core.concurrency > 1:
         return OrderedEngine(core, lanes=core.concurrency)
     return BatchEngine(core)
+
+
+def _schema_changes(old: Wire, new: Wire) -> list[str]:
+    """What differs between the schemas two wires register (none: a swap keeps the consumer
+    and producers as they are)."""
+    before = {f"input {t}": s for t, s in old.input_schemas.items()}
+    after = {f"input {t}": s for t, s in new.input_schemas.items()}
+    before["output"], after["output"] = old.output_schema, new.output_schema
+    return [
+        f"{where}: {_schema_name(before.get(where))} -> {_schema_name(after.get(where))}"
+        for where in sorted(before.keys() | after.keys())
+        if _schema_key(before.get(where)) != _schema_key(after.get(where))
+    ]
+
+
+def _schema_key(schema: object) -> object:
+    """A schema as the broker sees it: its type and definition (a reloaded record class makes
+    a new but equal schema object)."""
+    if schema is None:
+        return None
+    info = getattr(schema, "schema_info", None)
+    if info is None:
+        return type(schema).__qualname__
+    got = info()
+    return (str(got.schema_type()), got.schema())
+
+
+def _schema_name(schema: object) -> str:
+    return "none" if schema is None else type(schema).__name__
 
 
 class Instance:
@@ -75,8 +110,10 @@ class Instance:
         secrets: SecretsProvider | None = None,
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.config = config
+        wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
         self.broker = broker
         self.metrics = metrics or Metrics()
         self.concurrency = effective_concurrency(config, handler.is_async)
@@ -98,8 +135,8 @@ class Instance:
         self.core = Core(
             config=config,
             broker=broker,
-            invoker=Invoker.for_config(handler, config, self.concurrency),
-            outputs=Outputs.for_config(config, handler),
+            invoker=Invoker.for_config(handler, config, self.concurrency, wire),
+            outputs=Outputs.for_config(config, handler, wire),
             tracker=tracker,
             settler=settler,
             receiver=Receiver(config, broker, settler, self.metrics),
@@ -108,6 +145,7 @@ class Instance:
             concurrency=self.concurrency,
             stopping=threading.Event(),
         )
+        self._wire = wire
         self._hooks = (tracker.on_ready, tracker.on_parked)  # as no engine has set them
         self.engine = choose_engine(self.core, handler)
         self._started = threading.Event()
@@ -124,7 +162,8 @@ class Instance:
         waiting for a retry). Start-up errors are raised.
         """
         core = self.core
-        for topic in [core.config.output, *dead_letter_topics(core.config)]:
+        late = core.config.window.late_data_topic
+        for topic in [core.config.output, *dead_letter_topics(core.config), late]:
             if topic:
                 self.broker.open_producer(topic)
         self.engine.start()
@@ -213,8 +252,11 @@ class Instance:
         old one was sync) takes over, with the receiver queue, the tracker and the settler as
         they are: nothing is given back to the broker, nothing is processed twice. Waits as
         long as messages are in flight (a stop cuts it short). False if the instance is not
-        running: not started yet, or stopping (then nothing changed).
+        running: not started yet, or stopping (then nothing changed). A HandlerError, before
+        anything stops, where a swap cannot be made: a window function (its windows hold
+        messages), or a handler whose schemas differ from those registered at the start.
         """
+        wire = self._swappable(handler)
         with self._swap_lock:
             if self._stop.is_set() or not self._started.is_set():
                 return False
@@ -226,7 +268,7 @@ class Instance:
                 if not self._quiesce(old, engine):
                     return False  # stopping: `run` drains and closes the old engine
                 engine.close()
-                core = self._core_for(handler)
+                core = self._core_for(handler, wire)
                 old.tracker.on_ready, old.tracker.on_parked = self._hooks
                 self.engine = choose_engine(core, handler)
                 self.core, self.concurrency = core, core.concurrency
@@ -260,14 +302,31 @@ class Instance:
                     reported - began,
                 )
 
-    def _core_for(self, handler: Handler) -> Core:
+    def _swappable(self, handler: Handler) -> Wire:
+        """The wire of `handler`, if it can take over; else HandlerError saying why not."""
+        restart = "restart `pulsarfunc run` to use it"
+        if self.config.window.enabled:
+            raise HandlerError(
+                "a window function is not reloaded: its windows hold messages", restart
+            )
+        wire = wire_for(self.config, handler.input_codec, handler.output_codec)
+        changed = _schema_changes(self._wire, wire)
+        if changed:
+            raise HandlerError(
+                f"{handler.signature}: the schema changed ({'; '.join(changed)}), and the "
+                "consumer and producers registered the previous one",
+                restart,
+            )
+        return wire
+
+    def _core_for(self, handler: Handler, wire: Wire) -> Core:
         """The instance's core with `handler`'s invoker and outputs, and fresh stop events."""
         core = self.core
         concurrency = effective_concurrency(core.config, handler.is_async)
         return dataclasses.replace(
             core,
-            invoker=Invoker.for_config(handler, core.config, concurrency),
-            outputs=Outputs.for_config(core.config, handler),
+            invoker=Invoker.for_config(handler, core.config, concurrency, wire),
+            outputs=Outputs.for_config(core.config, handler, wire),
             concurrency=concurrency,
             stopping=threading.Event(),
             handover=threading.Event(),

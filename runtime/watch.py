@@ -31,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
+from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.discovery import Loaded, load
 from pulsarfunc.runtime.errors import UserError
 from pulsarfunc.runtime.handler import Handler, inspect_handler
@@ -186,12 +187,19 @@ class Reloader:
     """Reloads the handler `ref` names from its `directory`, and hands it to `swap`."""
 
     def __init__(
-        self, ref: str, directory: Path, swap: Callable[[Handler], bool], *, cwd: Path
+        self,
+        ref: str,
+        directory: Path,
+        swap: Callable[[Handler], bool],
+        *,
+        cwd: Path,
+        window: bool = False,
     ) -> None:
         self.ref = ref
         self.directory = directory.resolve()
         self._swap = swap
         self._cwd = cwd
+        self._window = window  # a window function: changes ask for a restart
 
     def handle(self, paths: Iterable[str | Path]) -> Outcome:
         """React to one batch of changed paths; see the module docstring."""
@@ -204,31 +212,35 @@ class Reloader:
             )
         if not decision.reload:
             return Outcome.RESTART_NEEDED if decision.restart else Outcome.IGNORED
+        if self._window:
+            _log.warning(
+                "%s changed: restart `pulsarfunc run` to use it (a window function is not "
+                "reloaded: its windows hold messages)",
+                self._names(decision.reload),
+            )
+            return Outcome.RESTART_NEEDED
         _log.info("%s changed: reloading %s", self._names(decision.reload), self.ref)
-        handler = self.load()
-        if handler is None:
-            return Outcome.KEPT
-        if not self._swap(handler):  # the instance logs the swap, with the form found
-            return Outcome.NOT_RUNNING
-        return Outcome.RELOADED
-
-    def load(self) -> Handler | None:
-        """The handler imported afresh, or None (check's error printed, the previous modules
-        back in place, so that the running handler's own imports still find them)."""
         previous = owned_modules(self.directory)
         for name in previous:
             del sys.modules[name]
         importlib.invalidate_caches()
         try:
             loaded = load(self.ref, cwd=self._cwd)
-            return inspect_handler(loaded.obj, where=loaded.where)
+            handler = inspect_handler(loaded.obj, where=loaded.where)
+            swapped = self._swap(handler)  # the instance logs the swap, with the form found
         except Exception as exc:
-            for name in owned_modules(self.directory):
-                del sys.modules[name]  # what the failed import left half-done
-            sys.modules.update(previous)
+            self._put_back(previous)
             report(exc, debug=False)  # exactly what `pulsarfunc check` prints
             _log.warning("the running handler is kept; saving the file again reloads it")
-            return None
+            return Outcome.KEPT
+        return Outcome.RELOADED if swapped else Outcome.NOT_RUNNING
+
+    def _put_back(self, previous: dict[str, ModuleType]) -> None:
+        """The running handler's modules back in place (its own imports still find them), and
+        what the failed reload imported gone."""
+        for name in owned_modules(self.directory):
+            del sys.modules[name]
+        sys.modules.update(previous)
 
     def _names(self, paths: tuple[Path, ...]) -> str:
         return ", ".join(str(p.relative_to(self.directory)) for p in paths)
@@ -240,6 +252,9 @@ class Swappable(Protocol):
 
     @property
     def started(self) -> bool: ...
+
+    @property
+    def config(self) -> FunctionConfig: ...
 
     def swap(self, handler: Handler) -> bool: ...
 
@@ -296,6 +311,8 @@ def watcher_for(
     here = (cwd or Path.cwd()).absolute()
 
     def attach(instance: Swappable) -> contextlib.AbstractContextManager[None]:
-        return watching(instance, Reloader(ref, directory, instance.swap, cwd=here))
+        window = instance.config.window.enabled
+        reloader = Reloader(ref, directory, instance.swap, cwd=here, window=window)
+        return watching(instance, reloader)
 
     return attach

@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from fake_broker import FakeBroker, FakeId, FakeMessage
+from pulsar.schema import Record, String
 from waiting import wait_for
 
-from pulsarfunc.runtime.config import FunctionConfig, InputSpec
+from pulsarfunc.runtime.config import FunctionConfig, InputSpec, WindowSettings
 from pulsarfunc.runtime.engine_async import AsyncEngine
 from pulsarfunc.runtime.engine_batch import BatchEngine
 from pulsarfunc.runtime.engine_ordered import OrderedEngine
+from pulsarfunc.runtime.errors import HandlerError
 from pulsarfunc.runtime.handler import inspect_handler
 from pulsarfunc.runtime.instance import Instance
 
@@ -270,3 +273,61 @@ def test_a_swap_before_the_start_is_refused() -> None:
     instance = Instance(make_config(), inspect_handler(tagged("a")), FakeBroker())
     assert not instance.swap(inspect_handler(tagged("b")))
     assert instance.handler.target.__name__ == "handler"
+
+
+class Reading(Record):  # type: ignore[misc]  # pulsar-client ships no type hints
+    name = String()
+
+
+def reading_name(reading: Reading) -> str:
+    return str(reading.name)
+
+
+def make_same_reading() -> Any:
+    """An equal record class, as a reload of the user's module makes it: a new class object."""
+
+    class Reading(Record):  # type: ignore[misc]
+        name = String()
+
+    return Reading
+
+
+SameReading = make_same_reading()
+
+
+def reading_again(reading: SameReading) -> str:  # type: ignore[valid-type]
+    return "new:" + str(reading.name)  # type: ignore[attr-defined]
+
+
+def test_a_handler_whose_schema_changed_is_refused_before_anything_stops() -> None:
+    broker = FakeBroker()
+    with running(tagged("old"), broker) as instance:
+        engine = instance.engine
+        with pytest.raises(HandlerError, match="schema changed") as refused:
+            instance.swap(inspect_handler(reading_name))  # JSON schema inferred: not as started
+        assert "restart `pulsarfunc run`" in str(refused.value)
+        assert instance.engine is engine
+        assert instance.ready
+        broker.feed(*numbered(0, 3))
+        wait_for(lambda: len(acked(broker)) == 3)
+    assert outputs(broker) == ["old:0", "old:1", "old:2"]
+
+
+def test_an_equal_schema_from_a_reloaded_record_class_is_swapped() -> None:
+    assert SameReading is not Reading
+    broker = FakeBroker()
+    with running(reading_name, broker) as instance:
+        assert instance.swap(inspect_handler(reading_again))
+        broker.feed(FakeMessage(b'{"name": "x"}'))
+        wait_for(lambda: len(acked(broker)) == 1)
+    assert outputs(broker) == ["new:x"]
+
+
+def test_a_window_function_is_not_swapped() -> None:
+    def total(window: list[int]) -> int:
+        return sum(window)
+
+    config = make_config(window=WindowSettings(window_length_count=2))
+    instance = Instance(config, inspect_handler(total, window=True), FakeBroker())
+    with pytest.raises(HandlerError, match="window function is not reloaded"):
+        instance.swap(inspect_handler(total, window=True))

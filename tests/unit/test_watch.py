@@ -17,7 +17,9 @@ from waiting import wait_for
 
 from pulsarfunc import cli
 from pulsarfunc.builder.requirements import read_project
+from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.discovery import load
+from pulsarfunc.runtime.errors import HandlerError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.watch import (
     Action,
@@ -61,6 +63,7 @@ class Swaps:
         self.handlers: list[Handler] = []
         self.running = running
         self.started = True
+        self.config = FunctionConfig()
 
     def swap(self, handler: Handler) -> bool:
         if self.running:
@@ -291,6 +294,37 @@ def test_ignored_changes_do_nothing_and_a_stopped_instance_swaps_nothing(
     assert reloader.handle([tmp_path / "__pycache__" / "handler.pyc"]) is Outcome.IGNORED
     assert reloader.handle([tmp_path / "test_handler.py"]) is Outcome.IGNORED
     assert reloader.handle([tmp_path / "handler.py"]) is Outcome.NOT_RUNNING
+
+
+def test_a_swap_the_instance_refuses_keeps_the_old_handler_and_its_modules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path, {"handler.py": "def handler(t: str) -> str:\n    return t\n"})
+    load(str(tmp_path))
+    module = sys.modules["handler"]
+
+    def refuse(handler: Handler) -> bool:
+        raise HandlerError("the schema changed", "restart `pulsarfunc run` to use it")
+
+    reloader = Reloader(str(tmp_path), tmp_path, refuse, cwd=tmp_path)
+    assert reloader.handle([tmp_path / "handler.py"]) is Outcome.KEPT
+    err = capsys.readouterr().err
+    assert err == (
+        "pulsarfunc: error: the schema changed\n  hint: restart `pulsarfunc run` to use it\n"
+    )
+    assert sys.modules["handler"] is module
+
+
+def test_a_window_function_asks_for_a_restart_instead_of_a_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, {"handler.py": "def handler(w: list[int]) -> int:\n    return sum(w)\n"})
+    swaps = Swaps()
+    reloader = Reloader(str(tmp_path), tmp_path, swaps.swap, cwd=tmp_path, window=True)
+    caplog.set_level(logging.INFO, logger="pulsarfunc.watch")
+    assert reloader.handle([tmp_path / "handler.py"]) is Outcome.RESTART_NEEDED
+    assert swaps.handlers == []
+    assert "a window function is not reloaded" in caplog.text
 
 
 # -- the watcher: real file events (watchfiles) --------------------------------------------------
