@@ -10,8 +10,10 @@ Everything the function's directory holds is imported afresh, as the process res
 functions-framework's `--debug` (werkzeug's reloader) or Knative's `func run` would, but the
 client, the subscription and the messages in flight are kept. A handler that no longer loads (a
 syntax error, a signature no form accepts) is reported as `pulsarfunc check` reports it, its
-previous modules are put back and it goes on running; the next save tries again. Installed
-packages are never reloaded: a change to requirements.txt or pyproject.toml asks for a restart.
+previous modules are put back and it goes on running; the next save tries again. So is one the
+instance refuses to swap in (schemas other than those registered at the start). Installed
+packages are never reloaded: a change to requirements.txt or pyproject.toml asks for a restart,
+as any change does for a window function (its windows hold messages).
 
 Host only: the runtime image has no watchfiles, and nothing here runs without `--watch`.
 """
