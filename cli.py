@@ -15,7 +15,8 @@ USAGE = """\
 usage: pulsarfunc COMMAND [ARGS]
 
 commands:
-  run PATH[:handler] [flags]   run a function locally against a broker (LocalRun)
+  run PATH[:handler] [flags]   run a function locally against a broker (LocalRun);
+                               --watch reloads it when its files change
   check PATH[:handler]         validate a handler only; prints the form found (exit 0 or 2)
   build PATH -t TAG [...]      build a function into one self-contained image
   init NAME                    scaffold a new function directory
@@ -26,6 +27,13 @@ commands:
 """
 
 
+WATCH_HELP = (
+    "LocalRun only: reload the handler when the function's files change, keeping the "
+    "subscription and the messages in flight; a change to requirements.txt asks for a "
+    "restart (needs pip install 'pulsarfunc[watch]')"
+)
+
+
 def _run(argv: Sequence[str]) -> int:
     from pulsarfunc.runtime.discovery import load
     from pulsarfunc.runtime.options import build_parser
@@ -34,8 +42,20 @@ def _run(argv: Sequence[str]) -> int:
 
     if not argv or argv[0] in ("-h", "--help"):
         parser = build_parser("pulsarfunc run PATH[:handler]")
+        parser.add_argument_group("local run").add_argument(
+            "--watch", action="store_true", help=WATCH_HELP
+        )
         parser.print_help()
         return 0 if argv else 2
+    watch = "--watch" in argv
+    argv = [arg for arg in argv if arg != "--watch"]
+    if not argv:
+        print(
+            "pulsarfunc: error: --watch needs PATH[:handler] first\n"
+            "  hint: pulsarfunc run ./myfunc --watch --inputs IN --output OUT",
+            file=sys.stderr,
+        )
+        return 2
     ref, flags = argv[0], list(argv[1:])
     if ref.startswith("-"):
         print(
@@ -45,10 +65,20 @@ def _run(argv: Sequence[str]) -> int:
         )
         return 2
     try:
+        if watch:
+            from pulsarfunc.runtime.watch import require_watcher
+
+            require_watcher()
+            sys.dont_write_bytecode = True  # a stale .pyc (same size, same second) hides an edit
         loaded = load(ref)
     except Exception as exc:
         return report(exc, debug=launch(flags, os.environ).debug)
-    return main_with(loaded.obj, flags, os.environ, where=loaded.where)
+    attach = None
+    if watch:
+        from pulsarfunc.runtime.watch import watcher_for
+
+        attach = watcher_for(ref, loaded)
+    return main_with(loaded.obj, flags, os.environ, where=loaded.where, attach=attach)
 
 
 def _check(argv: Sequence[str]) -> int:
