@@ -18,13 +18,14 @@ from typing import TextIO
 
 from pulsarfunc.builder.errors import DependencyError
 from pulsarfunc.builder.plan import DEFAULT_BASE_IMAGE, DEFAULT_PYTHON_VERSION, BuildOptions
-from pulsarfunc.runtime.errors import PulsarFuncError, UserError
+from pulsarfunc.runtime.errors import ConfigError, PulsarFuncError, UserError
+from pulsarfunc.runtime.options import FlagParser
 
 __all__ = ["build_main", "init_main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="pulsarfunc build",
         description="Build a function (a .py file, module directory or package) into one "
         "self-contained image: `docker run IMAGE --inputs IN --output OUT` runs it.",
@@ -131,8 +132,10 @@ def build_main(
     err = err or sys.stderr
     try:
         args = _build_parser().parse_args(list(argv))
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    except ConfigError as exc:
+        return _report_error(exc, "--json" in argv, out, err)
     engine = Engine.from_env(env)
     try:
         options = options_from(args, env)
@@ -169,7 +172,7 @@ def build_main(
 
 
 def _init_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="pulsarfunc init",
         description="Scaffold a function directory: handler, requirements.txt, a unit test "
         "and a README.",
@@ -187,8 +190,11 @@ def init_main(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | N
     err = err or sys.stderr
     try:
         args = _init_parser().parse_args(list(argv))
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    except ConfigError as exc:
+        print(f"pulsarfunc: error: {exc}", file=err)
+        return exc.exit_code
     try:
         written = scaffold(Path(args.name), force=args.force)
     except PulsarFuncError as exc:
