@@ -5,6 +5,7 @@ Each command runs as a real process (`python -m pulsarfunc`), so a traceback wou
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import stat
@@ -127,9 +128,9 @@ def test_the_builder_modules_are_the_builder_extra() -> None:
 def test_a_missing_builder_module_is_one_line_naming_the_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = cli.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        cli.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "docker" else real(name, *a),
     )
