@@ -30,7 +30,7 @@ commands:
 
 
 #: The `builder` extra's modules (see pyproject.toml) and the distributions that provide them.
-BUILDER_MODULES = {"docker": "docker", "jinja2": "Jinja2"} | (
+BUILDER_MODULES = {"docker": "docker", "jinja2": "Jinja2", "rich": "rich"} | (
     {"tomli": "tomli"} if sys.version_info < (3, 11) else {}
 )
 
