@@ -289,7 +289,8 @@ def stage_wheels(
     if staged.cached:
         how = "cached"
     else:
-        how = f"staged: {staged.wheels} wheels, {human_size(staged.fetched)} fetched"
+        wheels = f"{staged.wheels} wheel{'s' * (staged.wheels != 1)}"
+        how = f"staged: {wheels}, {human_size(staged.fetched)} fetched"
     progress.stage(
         f"{label} {how}, {human_size(staged.size)} installed ({staged.key[:12]}): "
         + ", ".join(requirements),
