@@ -13,6 +13,7 @@ from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import Context, current_context
 from pulsarfunc.runtime.errors import PulsarFuncError, UserError
 from pulsarfunc.runtime.start import start
+from pulsarfunc.runtime.windows import WindowRecord
 
 __all__ = [
     "Context",
@@ -20,6 +21,7 @@ __all__ = [
     "ProcessingGuarantee",
     "PulsarFuncError",
     "UserError",
+    "WindowRecord",
     "__version__",
     "current_context",
     "start",

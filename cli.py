@@ -72,6 +72,7 @@ def _run(argv: Sequence[str]) -> int:
 
 def _check(argv: Sequence[str]) -> int:
     from pulsarfunc.runtime.discovery import DISCOVERY_RULE, load
+    from pulsarfunc.runtime.errors import HandlerError
     from pulsarfunc.runtime.handler import ACCEPTED_FORMS, inspect_handler
     from pulsarfunc.runtime.start import report
 
@@ -87,10 +88,21 @@ def _check(argv: Sequence[str]) -> int:
         return _usage_error(problem, "pulsarfunc check ./myfunc (--help: how it is found)")
     try:
         loaded = load(argv[0])
-        handler = inspect_handler(loaded.obj, where=loaded.where)
     except Exception as exc:
         return report(exc, debug=False)
+    try:
+        handler = inspect_handler(loaded.obj, where=loaded.where)
+    except HandlerError as exc:  # maybe a window function's (list[Record] items)
+        try:
+            window = inspect_handler(loaded.obj, where=loaded.where, window=True)
+        except HandlerError:
+            return report(exc, debug=False)
+        print(f"ok: {loaded.where}: {window.describe()} (needs a windowConfig)")
+        return 0
     print(f"ok: {loaded.where}: {handler.describe()}")
+    if handler.takes_input and handler.input_codec.name.startswith("JSON list"):
+        window = inspect_handler(loaded.obj, where=loaded.where, window=True)  # the same input
+        print(f"  with a windowConfig: {window.describe()}")
     return 0
 
 

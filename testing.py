@@ -7,10 +7,11 @@
         assert result.outputs == ["hi pulsar"]
 
 The handler is checked and called through the runtime's own invocation core
-(`pulsarfunc.runtime.invoke`: same forms and argument order, same codecs, the real `Context`,
-the configured timeout), one input at a time, in order. Each input is what a
-producer would send: bytes as they are, str as UTF-8, dict/list/dataclass as JSON (wrap it in
-`Message` to give it a key, properties or a topic); it is decoded by the handler's input codec,
+(`pulsarfunc.runtime.invoke`: same forms and argument order, same codecs, the real `Context`, the
+configured timeout), one input at a time, in order. Each input is what a producer would send: bytes
+as they are, a value under the topic's schema or serde when one is configured (a
+`pulsar.schema.Record` under its schema), else str as UTF-8 and dict/list/dataclass as JSON (wrap it
+in `Message` to give it a key, properties or a topic); it is decoded by the handler's input codec,
 and each output is encoded by its output codec, so a payload the runtime would refuse fails here
 too. Only the broker is fake: `context.publish` is captured, `record_metric` values are kept in
 order, `context.ack()` is recorded. An exception from the handler is raised as it is, unless
@@ -29,12 +30,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pulsarfunc.runtime.codec import AUTO
+from pulsarfunc.runtime.codec import AUTO, SerdeCodec
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import Context, FunctionEnv
 from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.invoke import Invoker
 from pulsarfunc.runtime.outputs import Outputs
+from pulsarfunc.runtime.schemas import SchemaCodec
 from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS
 from pulsarfunc.runtime.start import complete
 from pulsarfunc.runtime.tracker import Ticket
@@ -304,7 +306,7 @@ def _run(
         for i, item in enumerate(inputs):
             message = item if isinstance(item, Message) else Message(item)
             topic = message.topic or default_topic
-            raw = _InMessage(AUTO.encode(message.value), message, topic, _Id(i))
+            raw = _InMessage(_payload(invoker, topic, message.value), message, topic, _Id(i))
             ticket = Ticket(source, raw)
             result = Call(input=None)
             calls.append(result)
@@ -322,6 +324,18 @@ def _run(
                 continue
             if guarantee in ACKED_ON_SUCCESS:  # the runtime's own rule (settle.py)
                 source.ack(raw)
+
+
+def _payload(invoker: Invoker, topic: str, value: Any) -> bytes:
+    """What a producer would send for `value`: bytes as they are; under a schema or a serde
+    configured for the topic (or a Record annotation), its encoding; else str as UTF-8 and the
+    rest as JSON."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    codec = invoker.codec_of(topic)
+    if isinstance(codec, SchemaCodec | SerdeCodec):
+        return codec.encode(value)
+    return AUTO.encode(value)
 
 
 class _Loop:

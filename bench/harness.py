@@ -132,8 +132,15 @@ def quiet_client(service_url: str) -> Any:
     return pulsar.Client(service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
 
 
-def produce_backlog(service_url: str, target: str, count: int) -> None:
-    """`count` messages of PAYLOAD_BYTES, batched, all persisted when this returns."""
+def produce_backlog(
+    service_url: str,
+    target: str,
+    count: int,
+    payload: Callable[[int], bytes] | None = None,
+    schema: Any = None,
+) -> None:
+    """`count` messages of PAYLOAD_BYTES (or `payload(i)`, from a producer declaring the
+    pulsar-client `schema`), batched, all persisted when this returns."""
     client = quiet_client(service_url)
     try:
         producer = client.create_producer(
@@ -142,12 +149,16 @@ def produce_backlog(service_url: str, target: str, count: int) -> None:
             batching_enabled=True,
             batching_max_publish_delay_ms=5,
             max_pending_messages=10_000,
+            **({} if schema is None else {"schema": schema}),
         )
         native = producer._producer
         now = int(time.time() * 1000)
         for i in range(count):
             builder = _pulsar.MessageBuilder()
-            builder.content(_STAMP.pack(i) + bytes(PAYLOAD_BYTES - _STAMP.size))
+            if payload is None:
+                builder.content(_STAMP.pack(i) + bytes(PAYLOAD_BYTES - _STAMP.size))
+            else:
+                builder.content(payload(i))
             builder.event_timestamp(now)
             native.send_async(builder.build(), None)
         producer.flush()  # raises if a send failed: sends complete in order

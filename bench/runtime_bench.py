@@ -17,7 +17,10 @@ pulsarfunc and Pulsar's instance add, and the naive loop (bench/limit_loops.py);
 broker's network), sync and async, at --concurrency 1 and at the default; (c) Pulsar's own
 Python instance (python_instance_main.py of $PULSAR_HOME, in a venv of its own under
 ~/.cache/pulsarfunc); (d) cold start, from `docker run` / `pulsarfunc run` to the first output;
-(e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64.
+(e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64;
+(f) the same trivial function on a ~100-byte record under a JSON and an AVRO schema (issue 13:
+drain only, beside the bytes case); (g) a tumbling count window of 100 summing the backlog
+(issue 14: msg/s of inputs, drain only).
 With --baseline REF, the old commit runs beside this tree (issue 12): the same venv python runs
 `python -m pulsarfunc run`, sync and async at the default concurrency, from a git worktree of
 REF first on PYTHONPATH (bench/baseline.py; removed at exit) on this tree's bench/fns, each
@@ -47,6 +50,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import baseline as baseline_tree  # type: ignore[import-not-found]  # bench/ is on sys.path
 import harness  # type: ignore[import-not-found]  # bench/ is on sys.path when run
@@ -128,6 +132,28 @@ def limit_loop(mode: str, workdir: Path) -> Start:
     return start
 
 
+@dataclass(frozen=True)
+class SchemaPayloads:
+    """The schema cases' backlog: bench/fns/schema_echo's Sample under `schema`, produced by
+    a producer declaring it (a broker refuses a schema on a topic that holds schema-less data)."""
+
+    schema: Any
+
+    @classmethod
+    def of(cls, schema_type: str) -> SchemaPayloads:
+        sys.path.insert(0, str(FNS / "schema_echo"))
+        import pulsar.schema
+        from sample import sample  # type: ignore[import-not-found]
+
+        kind = pulsar.schema.JsonSchema if schema_type == "JSON" else pulsar.schema.AvroSchema
+        return cls(kind(type(sample(0))))
+
+    def __call__(self, i: int) -> bytes:
+        from sample import sample
+
+        return bytes(self.schema.encode(sample(i)))
+
+
 def _function_flags(
     url: str, source: str, sink: str, sub: str, concurrency: int | None
 ) -> list[str]:
@@ -137,10 +163,16 @@ def _function_flags(
 
 
 def localrun(
-    fn: str, concurrency: int | None, workdir: Path, baseline: baseline_tree.Baseline | None = None
+    fn: str,
+    concurrency: int | None,
+    workdir: Path,
+    baseline: baseline_tree.Baseline | None = None,
+    schema: str = "",
+    extra: Sequence[str] = (),
 ) -> Start:
     """`pulsarfunc run bench/fns/FN/handler.py:handler` as a user runs it; with `baseline`,
-    the baseline worktree's pulsarfunc in the same venv (`python -m pulsarfunc run`)."""
+    the baseline worktree's pulsarfunc in the same venv (`python -m pulsarfunc run`); with
+    `schema`, that Pulsar schema on the input and the output."""
     if baseline is None:
         pulsarfunc, env = [str(Path(sys.executable).with_name("pulsarfunc"))], None
     else:
@@ -149,6 +181,10 @@ def localrun(
     def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
         target = f"{FNS / fn / 'handler.py'}:handler"
         flags = _function_flags(broker.service_url, source, sink, sub, concurrency)
+        if schema:
+            flags += ["--custom-schema-inputs", json.dumps({source: schema})]
+            flags += ["--output-schema-type", schema]
+        flags += extra
         return _spawn([*pulsarfunc, "run", target, *flags], workdir, env)
 
     return start
@@ -273,16 +309,25 @@ class Settings:
 
 
 def run_once(
-    broker: Broker, start: Start, settings: Settings, figures: Figures, count: int, latency: bool
+    broker: Broker,
+    start: Start,
+    settings: Settings,
+    figures: Figures,
+    count: int,
+    latency: bool,
+    payload: SchemaPayloads | None = None,
+    per_output: int = 1,
 ) -> None:
-    """One run: drain a backlog of `count`, then (optionally) latency at a fixed rate."""
+    """One run: drain a backlog of `count`, then (optionally) latency at a fixed rate.
+    `per_output` inputs make one output (a window): the rate is of inputs."""
     source, sink, sub = harness.topic("in"), harness.topic("out"), "bench"
-    harness.produce_backlog(broker.service_url, source, count)
+    schema = payload.schema if payload is not None else None
+    harness.produce_backlog(broker.service_url, source, count, payload, schema)
     running = start(broker, source, sink, sub)
     try:
         timeout = 60 + count / 500
-        rate = harness.drain_rate(
-            broker.service_url, broker.admin_url, sink, count, timeout, running.alive
+        rate = per_output * harness.drain_rate(
+            broker.service_url, broker.admin_url, sink, count // per_output, timeout, running.alive
         )
         figures.rates.append(rate)
         if latency:
@@ -309,6 +354,7 @@ def cold_start(broker: Broker, start: Start, repeats: int) -> Figures:
 
 
 SYNC_DEFAULT = "b pulsarfunc run, sync, default concurrency"
+WINDOW_SUM = "g pulsarfunc run, tumbling count window of 100, summed"
 ASYNC_DEFAULT = "b pulsarfunc run, async, default concurrency"
 
 
@@ -406,8 +452,22 @@ def verdicts(
         value = med(name, "rates")
         want = 0.8 * concurrency * 100
         add(f"{name[2:]} (msg/s)", value, f">= {want:,.0f}", _at_least(value, want))
+    window = _per_round_ratio(results.get(WINDOW_SUM), results.get(SYNC_DEFAULT))
+    add("g/b: tumbling count window of 100 vs sync default (msg/s; issue 14)", window, ">= 0.8",
+        _at_least(window, 0.8))  # fmt: skip
+    for schema in ("JSON", "AVRO"):
+        case = f"f pulsarfunc run, {schema} schema, default concurrency"
+        ratio = _per_round_ratio(results.get(case), results.get(SYNC_DEFAULT))
+        add(f"f/b: {schema} schema vs bytes, sync default (msg/s; issue 13)", ratio, "(info)", None)
     lines.append(f"\ndefault concurrency: {default_concurrency}")
     return lines
+
+
+def _per_round_ratio(case: Figures | None, to: Figures | None) -> float | None:
+    """The median of the rounds' ratios (each round runs every case: same load)."""
+    if case is None or to is None or not case.rates or not to.rates:
+        return None
+    return statistics.median(a / b for a, b in zip(case.rates, to.rates, strict=False) if b)
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -474,6 +534,12 @@ def main(argv: Sequence[str]) -> int:
             start = localrun(fn, concurrency, workdir)
             cases.append((name, start, {"count": count, "latency": False}))
     cases.append(("b pulsarfunc run, sync, concurrency 16", localrun("echo", 16, workdir), {}))
+    window = localrun("window_sum", dflt, workdir, extra=["--window-length-count", "100"])
+    cases.append((WINDOW_SUM, window, {"latency": False, "inputs_per_output": 100}))
+    for schema in ("JSON", "AVRO"):  # issue 13: beside the bytes cases, drain only
+        start = localrun("schema_echo", dflt, workdir, schema=schema)
+        options = {"latency": False, "payload": SchemaPayloads.of(schema)}
+        cases.append((f"f pulsarfunc run, {schema} schema, default concurrency", start, options))
     if baseline is not None:  # each right after this tree's case, in every round
         for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
             at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
@@ -516,7 +582,11 @@ def main(argv: Sequence[str]) -> int:
                 else settings.messages
             )
             latency = bool(options.get("latency", True))
-            run_once(broker, start, settings, results[name], count, latency)
+            payload = options.get("payload")
+            assert payload is None or isinstance(payload, SchemaPayloads)
+            per_output = options.get("inputs_per_output", 1)
+            assert isinstance(per_output, int)
+            run_once(broker, start, settings, results[name], count, latency, payload, per_output)
             figures = results[name]
             p99 = f", p99 {figures.p99s[-1]:.2f} ms" if latency else ""
             print(f"  {name}: {figures.rates[-1]:,.0f} msg/s{p99}", flush=True)

@@ -206,6 +206,8 @@ def function_mesh(config: FunctionConfig, opts: ManifestOptions) -> dict[str, An
             entry["serdeClassname"] = given.serde_class_name
         if given.schema_type:
             entry["schemaType"] = given.schema_type
+        if given.schema_properties:
+            entry["schemaProperties"] = dict(given.schema_properties)
         if given.receiver_queue_size is not None:
             entry["receiverQueueSize"] = given.receiver_queue_size
         if entry:
@@ -215,6 +217,8 @@ def function_mesh(config: FunctionConfig, opts: ManifestOptions) -> dict[str, An
         inputs["topicPattern"] = patterns[0]
     if source_specs:
         inputs["sourceSpecs"] = source_specs
+    if config.input_type_class_name:
+        inputs["typeClassName"] = config.input_type_class_name
     spec: dict[str, Any] = {
         "image": opts.image,
         "className": opts.handler or config.class_name or "handler",
@@ -241,6 +245,8 @@ def function_mesh(config: FunctionConfig, opts: ManifestOptions) -> dict[str, An
             output["sinkSerdeClassName"] = config.output_serde_class_name
         if config.output_schema_type:
             output["sinkSchemaType"] = config.output_schema_type
+        if config.output_type_class_name:
+            output["typeClassName"] = config.output_type_class_name
         output["producerConf"] = {
             "compressionType": config.producer.compression.value,
             "maxPendingMessages": config.producer.max_pending_messages,

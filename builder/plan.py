@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
@@ -199,6 +200,34 @@ def _requirements(options: BuildOptions, root: Path, kind: SourceKind) -> tuple[
     return tuple(dict.fromkeys(kept))
 
 
+# pulsar-client's `avro` extra (fastavro): the image gets it only when the function uses AVRO
+AVRO_REQUIREMENT = "fastavro>=1.9.2"
+_AVRO_WORD = re.compile(rb"\bavro\b|AvroSchema", re.IGNORECASE)
+_CONFIG_SUFFIXES = (".py", ".yaml", ".yml", ".json")
+
+
+def uses_avro(files: Sequence[SourceFile]) -> bool:
+    """The function's code or config names AVRO (a schemaType, `AvroSchema`)."""
+    for file in files:
+        if file.source.suffix in _CONFIG_SUFFIXES:
+            try:
+                if _AVRO_WORD.search(file.source.read_bytes()):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def with_schema_requirements(
+    requirements: tuple[str, ...], files: Sequence[SourceFile]
+) -> tuple[str, ...]:
+    """`requirements`, plus fastavro when the function uses AVRO and does not list it."""
+    listed = {_dist_name(r) for r in requirements}
+    if "fastavro" in listed or not uses_avro(files):
+        return requirements
+    return (*requirements, AVRO_REQUIREMENT)
+
+
 def _dist_name(requirement: str) -> str:
     name = re.split(r"[^A-Za-z0-9_.-]", requirement.strip(), maxsplit=1)[0]
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -259,7 +288,7 @@ def make_plan(options: BuildOptions, *, revision: str = "") -> BuildPlan:
         host_target=host_target,
         image_target=image_target,
         attr=attr,
-        requirements=_requirements(options, root, kind),
+        requirements=with_schema_requirements(_requirements(options, root, kind), files),
         title=title,
         version=version,
     )

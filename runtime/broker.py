@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import _pulsar
@@ -30,6 +30,7 @@ from pulsarfunc.runtime.config import (
     SubscriptionType,
 )
 from pulsarfunc.runtime.errors import BrokerError, ConfigError
+from pulsarfunc.runtime.schemas import Wire
 from pulsarfunc.runtime.transport import (
     BatchCallback,
     InMessage,
@@ -128,22 +129,30 @@ class ConsumerPlan(NamedTuple):
     topics: tuple[str, ...]
     pattern: str | None
     receiver_queue_size: int
+    schema: Any = None  # the pulsar-client schema the consumer registers; None: bytes
 
 
-def consumer_plan(config: FunctionConfig) -> list[ConsumerPlan]:
-    """The consumers to create: one per receiver queue size for plain topics (each input's
-    `receiverQueueSize`, else --receiver-queue-size), and one per regex pattern (the client
-    takes one pattern per consumer)."""
-    by_size: dict[int, list[str]] = {}
+def consumer_plan(
+    config: FunctionConfig, schemas: Mapping[str, Any] | None = None
+) -> list[ConsumerPlan]:
+    """The consumers to create: one per receiver queue size and schema for plain topics (each
+    input's `receiverQueueSize`, else --receiver-queue-size; `schemas` per topic or pattern),
+    and one per regex pattern (the client takes one pattern per consumer)."""
+    schemas = schemas or {}
+    by_kind: dict[tuple[int, int], list[str]] = {}
+    kinds: dict[tuple[int, int], Any] = {}
     plans: list[ConsumerPlan] = []
     for spec in config.inputs:
         size = spec.receiver_queue_size
         size = config.receiver_queue_size if size is None else size
+        schema = schemas.get(spec.topic)
         if spec.is_regex:
-            plans.append(ConsumerPlan((), spec.topic, size))
+            plans.append(ConsumerPlan((), spec.topic, size, schema))
         else:
-            by_size.setdefault(size, []).append(spec.topic)
-    return [ConsumerPlan(tuple(t), None, size) for size, t in by_size.items()] + plans
+            kind = (size, id(schema))
+            kinds[kind] = schema
+            by_kind.setdefault(kind, []).append(spec.topic)
+    return [ConsumerPlan(tuple(t), None, k[0], kinds[k]) for k, t in by_kind.items()] + plans
 
 
 def _client_kwargs(config: FunctionConfig) -> dict[str, Any]:
@@ -204,6 +213,12 @@ def _subscribe_error(config: FunctionConfig, exc: Exception) -> BrokerError:
     else:
         hint = "check --service-url, that the broker is up, and the credentials"
     return BrokerError(problem, hint)
+
+
+def _schema_name(schema: Any) -> str:
+    if schema is None:
+        return "no schema (bytes)"
+    return str(schema.schema_info().schema_type()).rpartition(".")[2]
 
 
 def _size(message: OutMessage) -> int:
@@ -270,8 +285,11 @@ class _BatchReceipt:
 class PulsarBroker:
     """A connected client with the function's consumers; producers on first use."""
 
-    def __init__(self, config: FunctionConfig) -> None:
+    def __init__(self, config: FunctionConfig, wire: Wire | None = None) -> None:
         self._config = config
+        self._wire = wire or Wire()
+        # the output topic's producers register the output schema (named ones too)
+        self._schemas = {config.output: self._wire.output_schema} if config.output else {}
         self._producers: dict[tuple[str, str | None], Any] = {}
         self._natives: dict[tuple[str, str | None], Any] = {}  # what send uses: no wrapper
         self._used: dict[tuple[str, str | None], float] = {}  # named producers: last send
@@ -283,8 +301,12 @@ class PulsarBroker:
             self._client = pulsar.Client(config.service_url, **_client_kwargs(config))
             self._sources = self._subscribe()
         except pulsar.PulsarException as exc:
+            if isinstance(exc, pulsar.IncompatibleSchema):  # asks the broker: before close
+                error = self._incompatible(exc, "consume", config.input_topics)
+            else:
+                error = _subscribe_error(config, exc)
             self.close()
-            raise _subscribe_error(config, exc) from exc
+            raise error from exc
 
     @property
     def sources(self) -> Sequence[_Consumer]:
@@ -310,7 +332,11 @@ class PulsarBroker:
             "batch_index_ack_enabled": False,
         }
         consumers = []
-        for plan in consumer_plan(config):
+        for plan in consumer_plan(config, self._wire.input_schemas):
+            if plan.schema is not None:
+                common["schema"] = plan.schema
+            else:
+                common.pop("schema", None)
             if plan.pattern is None:
                 subscribed = self._client.subscribe(
                     list(plan.topics), **common, receiver_queue_size=plan.receiver_queue_size
@@ -370,6 +396,8 @@ class PulsarBroker:
         """See `Broker.open_producer`: the start fails here, not at the first output."""
         try:
             self._producer(topic, None)
+        except pulsar.IncompatibleSchema as exc:
+            raise self._incompatible(exc, "produce to", (topic,)) from exc
         except pulsar.PulsarException as exc:
             raise BrokerError(
                 f"cannot produce to {topic}: the broker refused: {type(exc).__name__}: {exc}",
@@ -400,10 +428,39 @@ class PulsarBroker:
                     compression_type=_COMPRESSION[settings.compression],
                     max_pending_messages=settings.max_pending_messages,
                     properties={"fqfn": self._config.fqfn},
+                    **({"schema": schema} if (schema := self._schemas.get(topic)) else {}),
                 )
                 self._producers[key] = producer
                 native = self._natives[key] = getattr(producer, "_producer", producer)
         return native
+
+    def _incompatible(self, exc: Exception, doing: str, topics: Sequence[str]) -> BrokerError:
+        """The broker refused our schema: name the topic, our schema and the one it has."""
+        ours = {self._config.output: self._wire.output_schema, **self._wire.input_schemas}
+        found = []
+        for topic in topics:
+            mine = ours.get(topic)
+            theirs = self._registered(topic)
+            found.append(f"{topic} (the function's {_schema_name(mine)}, the topic's {theirs})")
+        return BrokerError(
+            f"cannot {doing} {', '.join(found)}: the broker refused the schema as incompatible "
+            f"({exc})",
+            "use the topic's schema; or change the topic's schema compatibility policy "
+            "(pulsar-admin namespaces set-schema-compatibility-strategy); a topic that holds "
+            "schema-less data takes no schema until that data is gone",
+        )
+
+    def _registered(self, topic: str) -> str:
+        """The type of the latest schema the broker holds for `topic`, as far as it tells."""
+        client = getattr(self, "_client", None)
+        try:
+            info = client._client.get_schema_info(topic, -1)  # type: ignore[union-attr]
+            return str(info.schema_type()).rpartition(".")[2]
+        except pulsar.TopicNotFound:  # what the broker answers for a topic without a schema
+            return "no schema (it holds schema-less data)"
+        except Exception as exc:  # best effort: the error names what it can
+            _log.debug("schema of %s: %s", topic, exc)
+            return "schema (type unknown)"
 
     def send(self, message: OutMessage, callback: SendCallback) -> None:
         def done(result: Any, _msg_id: Any) -> None:

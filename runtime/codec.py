@@ -389,7 +389,7 @@ class _Converters:
         return convert
 
 
-def _without_none(tp: Any) -> Any:
+def without_none(tp: Any) -> Any:
     """X for Optional[X] (None never arrives as a whole payload), else tp unchanged."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
@@ -406,7 +406,7 @@ def codec_for(annotation: Any) -> Codec:
             f"annotation {annotation!r} could not be resolved to a type",
             "define or import that type at module level (not only under TYPE_CHECKING)",
         )
-    bare = _without_none(annotation)
+    bare = without_none(annotation)
     if bare in (inspect.Parameter.empty, Any, object, bytes, memoryview):
         return RAW
     if bare is bytearray:

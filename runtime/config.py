@@ -56,15 +56,21 @@ class LogFormat(enum.Enum):
     JSON = "json"
 
 
+def frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """A read-only copy of `value`, as FunctionConfig holds mappings."""
+    return MappingProxyType(dict(value or {}))
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """One input: a topic, or a regex pattern of topics (Function.proto's ConsumerSpec)."""
 
     topic: str
     is_regex: bool = False
-    schema_type: str = ""  # Pulsar schema name, e.g. STRING; "" = raw bytes
+    schema_type: str = ""  # Pulsar schema: STRING, JSON, AVRO, ... or a class; "" = none
     serde_class_name: str = ""  # Pulsar Python serde class, e.g. serde.IdentitySerDe
     receiver_queue_size: int | None = None
+    schema_properties: Mapping[str, str] = field(default_factory=frozen_map)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,33 @@ class ProducerSettings:
 
 
 @dataclass(frozen=True)
+class WindowSettings:
+    """Pulsar's WindowConfig (milliseconds and counts), plus pulsarfunc's own limits.
+
+    A window is configured when either length is set; a missing slide is the length (a tumbling
+    window), as Pulsar's `WindowConfigUtils.inferMissingArguments` makes it."""
+
+    window_length_count: int | None = None
+    window_length_duration_ms: int | None = None
+    sliding_interval_count: int | None = None
+    sliding_interval_duration_ms: int | None = None
+    late_data_topic: str = ""
+    max_lag_ms: int | None = None  # event time: how late data may be (Pulsar's default 0)
+    watermark_emit_interval_ms: int | None = None  # event time (Pulsar's default 1000)
+    timestamp_extractor_class_name: str = ""  # event time from the value: module.Class
+    use_event_time: bool = False  # event time from each message's event time (pulsarfunc)
+    max_window_messages: int | None = None  # held at most; None: 10 x receiver queue size
+
+    @property
+    def enabled(self) -> bool:
+        return self.window_length_count is not None or self.window_length_duration_ms is not None
+
+    @property
+    def event_time(self) -> bool:
+        return bool(self.timestamp_extractor_class_name) or self.use_event_time
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     """Broker authentication and TLS."""
 
@@ -88,11 +121,6 @@ class AuthSettings:
     tls_trust_certs_file: str | None = None
     tls_allow_insecure: bool = False
     tls_hostname_verification: bool = False
-
-
-def frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    """A read-only copy of `value`, as FunctionConfig holds mappings."""
-    return MappingProxyType(dict(value or {}))
 
 
 @dataclass(frozen=True)
@@ -121,8 +149,12 @@ class FunctionConfig:
 
     # outputs
     output: str = ""  # "" = no output topic
-    output_schema_type: str = ""
+    output_schema_type: str = ""  # Pulsar schema of the output; "" = none (a serde encodes)
     output_serde_class_name: str = ""
+    output_schema_properties: Mapping[str, str] = field(default_factory=frozen_map)
+    # Record classes (`module.Class`) of JSON/AVRO schemas: Pulsar's source/sink typeClassName
+    input_type_class_name: str = ""
+    output_type_class_name: str = ""
     producer: ProducerSettings = field(default_factory=ProducerSettings)
     forward_source_message_property: bool = False
     log_topic: str = ""
@@ -137,6 +169,7 @@ class FunctionConfig:
     redelivery_delay_ms: int = 1000  # nack delay; Pulsar's 60 s default is too slow for a function
     timeout_ms: int | None = None  # handler timeout per message; None = no limit
     drain_timeout_ms: int = 30_000  # graceful stop's one deadline; then the rest is nacked
+    window: WindowSettings = field(default_factory=WindowSettings)  # window functions
 
     # the function itself
     user_config: Mapping[str, Any] = field(default_factory=frozen_map)
@@ -177,5 +210,7 @@ class Setting(NamedTuple):
 
 
 # Keys of a settings dict are FunctionConfig field paths ("auth.token"), plus "inputs.topics" and
-# "inputs.patterns" (each replaces only its own kind of input) and the two config-file locations.
+# "inputs.patterns" (each replaces only its own kind of input), "inputs.serdes" and
+# "inputs.schemas" (per-topic serde or schema, merged onto those inputs) and the two config-file
+# locations.
 Settings = dict[str, Setting]

@@ -32,9 +32,13 @@ from pulsarfunc.runtime.config import (
     Settings,
     SubscriptionPosition,
     SubscriptionType,
+    frozen_map,
 )
 from pulsarfunc.runtime.errors import ConfigError
-from pulsarfunc.runtime.function_config_yaml import details_from_function_config
+from pulsarfunc.runtime.function_config_yaml import (
+    WINDOW_CONFIG_KEY,
+    details_from_function_config,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -125,7 +129,10 @@ def details_values(details: pb.FunctionDetails, source: str) -> dict[str, Any]:
         name = pb.ProcessingGuarantees.Name(details.processingGuarantees)
         values["processing_guarantee"] = ProcessingGuarantee[name]
     if details.userConfig:
-        values["user_config"] = _json_object(details.userConfig, source, "userConfig")
+        user = _json_object(details.userConfig, source, "userConfig")
+        if WINDOW_CONFIG_KEY in user:  # where Pulsar's worker keeps windowConfig
+            values.update(_window_values(user.pop(WINDOW_CONFIG_KEY), source))
+        values["user_config"] = user
     if details.secretsMap:
         values["secrets"] = _json_object(details.secretsMap, source, "secretsMap")
     values.update(_source_values(details))
@@ -134,6 +141,46 @@ def details_values(details: pb.FunctionDetails, source: str) -> dict[str, Any]:
         values["max_message_retries"] = details.retryDetails.maxMessageRetries
         if details.retryDetails.deadLetterTopic:
             values["dead_letter_topic"] = details.retryDetails.deadLetterTopic
+    return values
+
+
+_WINDOW_FIELDS = {
+    "windowLengthCount": "window_length_count",
+    "windowLengthDurationMs": "window_length_duration_ms",
+    "slidingIntervalCount": "sliding_interval_count",
+    "slidingIntervalDurationMs": "sliding_interval_duration_ms",
+    "lateDataTopic": "late_data_topic",
+    "maxLagMs": "max_lag_ms",
+    "watermarkEmitIntervalMs": "watermark_emit_interval_ms",
+    "timestampExtractorClassName": "timestamp_extractor_class_name",
+    "useEventTime": "use_event_time",
+    "maxWindowMessages": "max_window_messages",
+}
+_WINDOW_IGNORED = ("actualWindowFunctionClassName", "processingGuarantees")
+
+
+def _window_values(window: Any, source: str) -> dict[str, Any]:
+    """Pulsar's WindowConfig JSON (userConfig["__WINDOWCONFIGS__"]) as `window.*` values."""
+    where = f"{source}: userConfig.{WINDOW_CONFIG_KEY}"
+    if not isinstance(window, dict):
+        raise ConfigError(f"{where} is not a JSON object", hint=_DETAILS_HINT)
+    values: dict[str, Any] = {}
+    for key, value in window.items():
+        field_name = _WINDOW_FIELDS.get(key)
+        if field_name is None:
+            if key not in _WINDOW_IGNORED:
+                _log.warning("%s: ignoring unknown key %s", where, key)
+            continue
+        if value is None:
+            continue
+        expected: type = str if field_name.endswith(("topic", "class_name")) else int
+        if field_name == "use_event_time":
+            expected = bool
+        if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+            raise ConfigError(
+                f"{where}.{key} is {value!r}, not a {expected.__name__}", hint=_DETAILS_HINT
+            )
+        values[f"window.{field_name}"] = value
     return values
 
 
@@ -156,7 +203,10 @@ def _subscription_type(details: pb.FunctionDetails) -> SubscriptionType:
 def _source_values(details: pb.FunctionDetails) -> dict[str, Any]:
     source = details.source
     values = _set_fields(
-        source, timeoutMs="timeout_ms", negativeAckRedeliveryDelayMs="redelivery_delay_ms"
+        source,
+        timeoutMs="timeout_ms",
+        negativeAckRedeliveryDelayMs="redelivery_delay_ms",
+        typeClassName="input_type_class_name",
     )
     kind = _subscription_type(details)
     if kind is not SubscriptionType.SHARED:
@@ -173,6 +223,16 @@ def _source_values(details: pb.FunctionDetails) -> dict[str, Any]:
         specs[topic] = InputSpec(topic=topic, serde_class_name=serde)
     if source.topicsPattern:  # legacy form
         specs[source.topicsPattern] = InputSpec(topic=source.topicsPattern, is_regex=True)
+    specs.update(_input_specs(source))
+    for key, regex in (("inputs.topics", False), ("inputs.patterns", True)):
+        chosen = tuple(spec for spec in specs.values() if spec.is_regex is regex)
+        if chosen:
+            values[key] = chosen
+    return values
+
+
+def _input_specs(source: pb.SourceSpec) -> dict[str, InputSpec]:
+    specs: dict[str, InputSpec] = {}
     for topic, spec in sorted(source.inputSpecs.items()):
         queue = spec.receiverQueueSize.value if spec.HasField("receiverQueueSize") else None
         specs[topic] = InputSpec(
@@ -181,12 +241,17 @@ def _source_values(details: pb.FunctionDetails) -> dict[str, Any]:
             schema_type=spec.schemaType,
             serde_class_name=spec.serdeClassName,
             receiver_queue_size=queue,
+            schema_properties=frozen_map(spec.schemaProperties),
         )
-    for key, regex in (("inputs.topics", False), ("inputs.patterns", True)):
-        chosen = tuple(spec for spec in specs.values() if spec.is_regex is regex)
-        if chosen:
-            values[key] = chosen
-    return values
+    return specs
+
+
+def custom_inputs(key: str, value: Mapping[str, Any], source: str) -> tuple[InputSpec, ...]:
+    """The inputs of a function-config `customSerdeInputs` or `customSchemaInputs` mapping
+    (what pulsar-admin's --custom-serde-inputs and --custom-schema-inputs take), read the very
+    way the YAML's are; ConfigError naming `source` if a value is wrong."""
+    details, _ = details_from_function_config({key: value}, source)
+    return tuple(_input_specs(details.source).values())
 
 
 def _sink_values(sink: pb.SinkSpec) -> dict[str, Any]:
@@ -196,7 +261,10 @@ def _sink_values(sink: pb.SinkSpec) -> dict[str, Any]:
         schemaType="output_schema_type",
         serDeClassName="output_serde_class_name",
         forwardSourceMessageProperty="forward_source_message_property",
+        typeClassName="output_type_class_name",
     )
+    if sink.schemaProperties:
+        values["output_schema_properties"] = frozen_map(sink.schemaProperties)
     if sink.HasField("producerSpec"):  # present: its compression (LZ4 = 0) is meant
         producer = sink.producerSpec
         values["producer.compression"] = CompressionType[

@@ -25,13 +25,14 @@ _log = logging.getLogger(__name__)
 # Function-config keys that mean nothing to one pulsarfunc instance: accepted without a word.
 _IGNORED = frozenset(
     {
-        "autoAck", "cleanupSubscription", "customRuntimeOptions", "customSchemaOutputs",
-        "exposePulsarAdminClientEnabled", "functionType", "go", "inputTypeClassName", "jar",
-        "maxPendingAsyncRequests", "outputTypeClassName", "parallelism", "resources",
+        "autoAck", "cleanupSubscription", "customRuntimeOptions",
+        "exposePulsarAdminClientEnabled", "functionType", "go", "jar",
+        "maxPendingAsyncRequests", "parallelism", "resources",
         "runtime", "runtimeFlags", "skipToLatest",
     }
 )  # fmt: skip
 _UNSUPPORTED = frozenset({"cryptoConfig", "messagePayloadProcessorConfig"})
+WINDOW_CONFIG_KEY = "__WINDOWCONFIGS__"  # where Pulsar keeps windowConfig: in userConfig
 
 
 def details_from_function_config(
@@ -78,11 +79,8 @@ def details_from_function_config(
         details.retryDetails.deadLetterTopic = dead_letter
     elif dead_letter:
         _log.warning("%s: deadLetterTopic is ignored without maxMessageRetries", source)
-    if keys.raw("windowConfig") is not None:
-        raise ConfigError(
-            f"{source}: key 'windowConfig': window functions are not supported by pulsarfunc",
-            hint="remove windowConfig, or run the function on Pulsar's own runtime",
-        )
+    if (window := keys.child("windowConfig")) is not None:
+        _window_config(window, details)
     keys.warn_unknown(_IGNORED)
     return details, extras
 
@@ -103,6 +101,8 @@ def _convert_source(keys: _Keys, source: pb.SourceSpec) -> None:
     if specs := keys.child("inputSpecs"):
         for topic in specs.names():
             source.inputSpecs[topic].CopyFrom(_consumer_spec(specs.child(topic, required=True)))
+    if type_class := keys.text("inputTypeClassName"):
+        source.typeClassName = type_class
     if name := keys.text("subName"):
         source.subscriptionName = name
     if position := keys.choice("subscriptionPosition", pb.SubscriptionPosition.keys()):
@@ -146,6 +146,15 @@ def _convert_sink(keys: _Keys, sink: pb.SinkSpec) -> dict[str, Any]:
     for key, attr in named.items():
         if value := keys.text(key):
             setattr(sink, attr, value)
+    if type_class := keys.text("outputTypeClassName"):
+        sink.typeClassName = type_class
+    outputs = keys.child("customSchemaOutputs")
+    if outputs is not None and sink.topic in outputs.names():
+        # convert takes the output's schemaProperties; its schemaType too when none is given
+        conf = _consumer_spec(outputs.consumer(sink.topic))
+        sink.schemaProperties.update(conf.schemaProperties)
+        if conf.schemaType and not sink.schemaType:
+            sink.schemaType = conf.schemaType
     if keys.flag("forwardSourceMessageProperty"):
         sink.forwardSourceMessageProperty = True
     producer = keys.child("producerConfig")
@@ -167,6 +176,31 @@ def _convert_sink(keys: _Keys, sink: pb.SinkSpec) -> dict[str, Any]:
     if builder := keys.text("batchBuilder"):
         sink.producerSpec.batchBuilder = builder
     return extras
+
+
+_WINDOW_NUMBERS = (
+    "windowLengthCount", "windowLengthDurationMs", "slidingIntervalCount",
+    "slidingIntervalDurationMs", "maxLagMs", "watermarkEmitIntervalMs", "maxWindowMessages",
+)  # fmt: skip
+_WINDOW_TEXTS = ("lateDataTopic", "timestampExtractorClassName", "actualWindowFunctionClassName")
+
+
+def _window_config(keys: _Keys, details: pb.FunctionDetails) -> None:
+    """windowConfig, type-checked, kept where Pulsar's convert keeps it: the JSON object under
+    userConfig["__WINDOWCONFIGS__"] (with pulsarfunc's own useEventTime, maxWindowMessages)."""
+    window: dict[str, Any] = {}
+    for key in _WINDOW_NUMBERS:
+        if (number := keys.number(key)) is not None:
+            window[key] = number
+    for key in _WINDOW_TEXTS:
+        if text := keys.text(key):
+            window[key] = text
+    if (flag := keys.flag("useEventTime")) is not None:
+        window["useEventTime"] = flag
+    keys.warn_unknown()
+    user = json.loads(details.userConfig) if details.userConfig else {}
+    user[WINDOW_CONFIG_KEY] = window
+    details.userConfig = json.dumps(user, separators=(",", ":"))
 
 
 def _batching(keys: _Keys) -> dict[str, Any]:

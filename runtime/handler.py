@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
 import inspect
@@ -38,6 +39,8 @@ from typing import Any
 
 from pulsarfunc.runtime.codec import AUTO, Codec, codec_for, pulsar_serde, type_label
 from pulsarfunc.runtime.errors import HandlerError
+from pulsarfunc.runtime.schemas import infer
+from pulsarfunc.runtime.windows import WindowRecord
 
 ACCEPTED_FORMS = """\
 accepted handler forms:
@@ -89,6 +92,8 @@ class Handler:
     input_codec: Codec
     output_codec: Codec
     signature: str
+    window: bool = False  # a window function: the input is a list, `input_codec` per item
+    window_records: bool = False  # ... of `WindowRecord`s (list[WindowRecord[T]])
 
     def call(self, context: Any, value: Any) -> Any:
         """Calls the target in its form's argument order; returns value, coroutine or generator."""
@@ -121,6 +126,12 @@ class Handler:
         )
         inp = self.input_codec.name if self.takes_input else "none"
         out = self.output_codec.name
+        if self.window:
+            items = f"WindowRecord[{inp}]" if self.window_records else inp
+            return (
+                f"{kind} window {self.form.value} {self.signature}: a window of {items}, "
+                f"output {out}"
+            )
         return f"{kind} {self.form.value} {self.signature}: input {inp}, output {out}"
 
 
@@ -156,11 +167,21 @@ def is_context_annotation(annotation: Any) -> bool:
     )
 
 
-def inspect_handler(obj: object, *, where: str = "") -> Handler:
+def inspect_handler(obj: object, *, where: str = "", window: bool = False) -> Handler:
     """Validates `obj` against the accepted forms; HandlerError names what was found and why.
 
-    `where` (e.g. "examples/exclaim/handler.py:exclaim") prefixes every message.
+    `where` (e.g. "examples/exclaim/handler.py:exclaim") prefixes every message. With `window`
+    (a windowConfig is set) the input is a window: a list of items, each decoded as the
+    list's item type says (`list[T]`, `list[WindowRecord[T]]`; unannotated: bytes, or
+    Pulsar's serde for Pulsar's forms).
     """
+    found = _inspect(obj, where, window)
+    if window and found.form is not Form.FUNCTION:  # Pulsar's forms: items by Pulsar's serde
+        return dataclasses.replace(found, window=True)
+    return found
+
+
+def _inspect(obj: object, where: str, window: bool) -> Handler:
     if isinstance(obj, ModuleType):
         return _native_module(obj, where or obj.__name__)
     if isinstance(obj, type):
@@ -175,7 +196,7 @@ def inspect_handler(obj: object, *, where: str = "") -> Handler:
             f"{where or shown}: {shown} (of type {type(obj).__qualname__}) is not callable",
             f"point at a function, a callable object or a Pulsar function class\n{ACCEPTED_FORMS}",
         )
-    return _function(obj, where)
+    return _function(obj, where, window)
 
 
 def _instantiate(cls: type, where: str) -> object:
@@ -244,7 +265,7 @@ def _pulsar_form(
     )
 
 
-def _function(obj: Callable[..., Any], where: str) -> Handler:
+def _function(obj: Callable[..., Any], where: str, window: bool = False) -> Handler:
     sig = _signature(obj, where)
     hints = _resolved_annotations(obj, sig)
     name = _name(obj)
@@ -313,8 +334,12 @@ def _function(obj: Callable[..., Any], where: str) -> Handler:
     input_annotation = (
         hints.get(required[-1].name, inspect.Parameter.empty) if takes_input else None
     )
+    records = False
     try:
-        input_codec = codec_for(input_annotation) if takes_input else codec_for(bytes)
+        if takes_input and window:
+            input_codec, records = _window_items(input_annotation)
+        else:
+            input_codec = payload_codec(input_annotation) if takes_input else codec_for(bytes)
         output_codec = _output_codec(hints.get("return", inspect.Parameter.empty), yields)
     except HandlerError as e:
         raise HandlerError(f"{where}: {e.problem}{found}", e.hint) from e
@@ -329,6 +354,8 @@ def _function(obj: Callable[..., Any], where: str) -> Handler:
         input_codec,
         output_codec,
         shown,
+        window,
+        records,
     )
 
 
@@ -381,7 +408,37 @@ def _output_codec(annotation: Any, yields: bool) -> Codec:
     members = [a for a in args if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(members) > 1:
         return AUTO
-    return codec_for(annotation)
+    return payload_codec(annotation)
+
+
+def _window_items(annotation: Any) -> tuple[Codec, bool]:
+    """A window input's item codec, and whether items are WindowRecords: `list[T]`,
+    `list[WindowRecord[T]]`, a bare list or none (bytes); HandlerError for anything else."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in (inspect.Parameter.empty, Any, list) or annotation in _SEQUENCES:
+        item: Any = bytes
+    elif origin is list or origin in _SEQUENCES:
+        item = args[0] if args else bytes
+    else:
+        raise HandlerError(
+            f"a window function takes the window as a list, but its input is annotated "
+            f"{type_label(annotation)}",
+            "annotate it list[T] (each item decoded as T) or list[WindowRecord[T]] (with key, "
+            "event time, topic, message id and properties)",
+        )
+    records = item is WindowRecord or typing.get_origin(item) is WindowRecord
+    if records:
+        item = (typing.get_args(item) or (bytes,))[0]
+    return payload_codec(item), records
+
+
+_SEQUENCES = (abc.Sequence, abc.Iterable, abc.Collection)
+
+
+def payload_codec(annotation: Any) -> Codec:
+    """The codec an input or output annotation asks for: a schema's for a pulsar.schema.Record
+    or protobuf class (`schemas.infer`), else `codec.codec_for`'s."""
+    return infer(annotation) or codec_for(annotation)
 
 
 def _flags(obj: Callable[..., Any]) -> tuple[bool, bool, bool]:

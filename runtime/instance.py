@@ -40,6 +40,7 @@ from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.invoke import Invoker
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
+from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.settle import Settler, dead_letter_topics
 from pulsarfunc.runtime.tracker import Tracker
 from pulsarfunc.runtime.transport import Broker
@@ -49,6 +50,10 @@ _log = logging.getLogger("pulsarfunc.instance")
 
 def choose_engine(core: Core, handler: Handler) -> Engine:
     """The engine for this handler and configuration (see `engine.py`)."""
+    if core.config.window.enabled:
+        from pulsarfunc.runtime.engine_window import WindowEngine  # only window functions
+
+        return WindowEngine(core, handler)
     if ordered(core.config):
         return OrderedEngine(core, lanes=1)
     if handler.is_async:
@@ -70,8 +75,10 @@ class Instance:
         secrets: SecretsProvider | None = None,
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.config = config
+        wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
         self.broker = broker
         self.metrics = metrics or Metrics()
         self.concurrency = effective_concurrency(config, handler.is_async)
@@ -93,8 +100,8 @@ class Instance:
         self.core = Core(
             config=config,
             broker=broker,
-            invoker=Invoker.for_config(handler, config, self.concurrency),
-            outputs=Outputs.for_config(config, handler),
+            invoker=Invoker.for_config(handler, config, self.concurrency, wire),
+            outputs=Outputs.for_config(config, handler, wire),
             tracker=tracker,
             settler=settler,
             receiver=Receiver(config, broker, settler, self.metrics),
@@ -115,7 +122,8 @@ class Instance:
         waiting for a retry). Start-up errors are raised.
         """
         core = self.core
-        for topic in [core.config.output, *dead_letter_topics(core.config)]:
+        late = core.config.window.late_data_topic
+        for topic in [core.config.output, *dead_letter_topics(core.config), late]:
             if topic:
                 self.broker.open_producer(topic)
         self.engine.start()

@@ -2,7 +2,7 @@
 
 Every engine calls handlers through an `Invoker`, and so does `pulsarfunc.testing`:
 
-    decode(msg)                   -> value    the topic's configured serde, else the handler's codec
+    decode(msg)                   -> value    the topic's serde or schema, else the handler's codec
     call(ctx, value)              -> outputs  any handler; an async one runs to completion here
     await call_async(ctx, value)  -> outputs  an async handler, on the caller's event loop
     call_each(msgs, cursor, put, fail)        decode and `call` each message of a group, in order
@@ -33,17 +33,19 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
+import re
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pulsarfunc.runtime import context as ctxmod
-from pulsarfunc.runtime.codec import Codec, RawCodec, pulsar_serde
+from pulsarfunc.runtime.codec import Codec, RawCodec
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.context import Context, Cursor
 from pulsarfunc.runtime.errors import HandlerCancelledError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.naming import strip_partition
+from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.timeouts import MAX_LATE_CALLS, HandlerThreads, iterate, within
 from pulsarfunc.runtime.transport import InMessage
 
@@ -64,7 +66,7 @@ class Invoker:
         handler: Handler,
         *,
         timeout_ms: int | None = None,
-        input_serdes: Mapping[str, Codec] | None = None,
+        wire: Wire | None = None,
         concurrency: int = 1,
     ) -> None:
         self.handler = handler
@@ -73,9 +75,11 @@ class Invoker:
         self._yields = handler.yields
         self._async_gen = handler.is_async_gen
         self._codec = handler.input_codec
-        self._serdes = dict(input_serdes or {})
+        wire = wire or Wire()
+        self._by_topic: dict[str, Codec] = dict(wire.inputs)  # and each pattern-matched topic
+        self._patterns = [(re.compile(pattern), codec) for pattern, codec in wire.patterns]
         # bytes in as bytes: the client's data() is a fresh bytes object already
-        self._raw = not self._serdes and isinstance(self._codec, RawCodec)
+        self._raw = not (wire.inputs or wire.patterns) and isinstance(self._codec, RawCodec)
         self._raw = self._raw and self._codec.name == "bytes"
         self._timeout_s = None if timeout_ms is None else timeout_ms / 1000.0
         self._threads = (
@@ -88,25 +92,40 @@ class Invoker:
         self._loops = threading.local()  # async handlers called with `call`: a loop per thread
 
     @classmethod
-    def for_config(cls, handler: Handler, config: FunctionConfig, concurrency: int = 1) -> Invoker:
-        """The Invoker for `handler` under `config`: its timeout, and the serdes it names per
-        input topic, which win over the handler's annotation (as in Pulsar)."""
-        serdes = {
-            spec.topic: pulsar_serde(spec.serde_class_name)
-            for spec in config.inputs
-            if spec.serde_class_name and not spec.is_regex
-        }
-        return cls(
-            handler, timeout_ms=config.timeout_ms, input_serdes=serdes, concurrency=concurrency
-        )
+    def for_config(
+        cls,
+        handler: Handler,
+        config: FunctionConfig,
+        concurrency: int = 1,
+        wire: Wire | None = None,
+    ) -> Invoker:
+        """The Invoker for `handler` under `config`: its timeout, and the serde or schema it
+        names per input topic, which wins over the handler's annotation (as in Pulsar)."""
+        if wire is None:
+            wire = wire_for(config, handler.input_codec, handler.output_codec)
+        return cls(handler, timeout_ms=config.timeout_ms, wire=wire, concurrency=concurrency)
 
     # -- one message ---------------------------------------------------------------------------
     def decode(self, msg: InMessage) -> Any:
         """The handler's input from `msg`; PayloadError if the payload does not fit."""
         if self._raw:
             return msg.data()
-        codec = self._serdes.get(strip_partition(msg.topic_name()), self._codec)
+        topic = msg.topic_name()
+        codec = self._by_topic.get(topic)
+        if codec is None:
+            codec = self._by_topic[topic] = self.codec_of(topic)
         return codec.decode(msg.data())
+
+    def codec_of(self, topic: str) -> Codec:
+        """A topic's codec: its input's (a partition's is its topic's), a pattern's that it
+        matches, else the handler's."""
+        name = strip_partition(topic)
+        if name in self._by_topic:
+            return self._by_topic[name]
+        for pattern, codec in self._patterns:
+            if pattern.fullmatch(name):
+                return codec
+        return self._codec
 
     def call(self, ctx: Context, value: Any) -> list[Any]:
         """The outputs of one call, with `ctx` current; the handler's exception is raised."""

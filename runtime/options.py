@@ -154,6 +154,7 @@ _INPUTS = "inputs"
 _OUTPUT = "output"
 _PROCESSING = "processing"
 _FUNCTION = "user config and secrets"
+_WINDOW = "window functions (Pulsar's windowConfig)"
 _OPS = "logging, metrics, debugging"
 _FILES = "configuration files (lowest precedence, under flags and env vars)"
 
@@ -199,11 +200,31 @@ OPTIONS: tuple[Option, ...] = (
     Option("--subscription-position", "subscription_position", _INPUTS,
            "where a new subscription starts", _names(SubscriptionPosition),
            _names(SubscriptionPosition), _enum(SubscriptionPosition)),
+    Option("--custom-serde-inputs", "inputs.serdes", _INPUTS,
+           "input topics with the Pulsar Python serde class of each, as pulsar-admin takes "
+           "them: a JSON object, or @FILE holding one", '{"TOPIC":"CLASS"}',
+           'a JSON object of topic -> serde class, e.g. {"in": "mymod.MySerDe"}',
+           _json_object),
+    Option("--custom-schema-inputs", "inputs.schemas", _INPUTS,
+           "input topics with the Pulsar schema of each (STRING, JSON, AVRO, PROTOBUF_NATIVE, "
+           "BYTES or a schema class; or ConsumerConfig JSON), as pulsar-admin takes them",
+           '{"TOPIC":"SCHEMA"}',
+           'a JSON object of topic -> schema type or ConsumerConfig JSON, e.g. {"in": "AVRO"}',
+           _json_object),
+    Option("--input-type-class-name", "input_type_class_name", _INPUTS,
+           "the pulsar.schema.Record class (module.Class) of JSON/AVRO inputs, Pulsar's "
+           "source typeClassName (default: the handler's input annotation)", "CLASS"),
     Option("--receiver-queue-size", "receiver_queue_size", _INPUTS,
            "messages each consumer prefetches", "N", "a whole number >= 0", _integer),
     Option("--output", "output", _OUTPUT, "output topic (default: no output)", "TOPIC", _TOPIC),
     Option("--output-schema-type", "output_schema_type", _OUTPUT,
-           "Pulsar schema of the output, e.g. STRING", "SCHEMA"),
+           "Pulsar schema of the output: STRING, JSON, AVRO, PROTOBUF_NATIVE, BYTES or a "
+           "schema class (module.Class)", "SCHEMA"),
+    Option("--schema-type", "output_schema_type", _OUTPUT,
+           "pulsar-admin's name for --output-schema-type", "SCHEMA"),
+    Option("--output-type-class-name", "output_type_class_name", _OUTPUT,
+           "the pulsar.schema.Record class (module.Class) of a JSON/AVRO output, Pulsar's sink "
+           "typeClassName (default: the handler's return annotation)", "CLASS"),
     Option("--output-serde-classname", "output_serde_class_name", _OUTPUT,
            "Pulsar Python serde class of the output", "CLASS"),
     Option("--batching", "producer.batching", _OUTPUT, "batch outputs", allowed=_BOOL,
@@ -242,6 +263,35 @@ OPTIONS: tuple[Option, ...] = (
     Option("--drain-timeout-ms", "drain_timeout_ms", _PROCESSING,
            "longest a graceful stop (SIGTERM) waits for messages in flight before it "
            "negatively acknowledges the rest", "MS", "a whole number >= 0", _integer),
+    Option("--window-length-count", "window.window_length_count", _WINDOW,
+           "a window of N messages (the handler gets list[T])", "N", "a whole number >= 1",
+           _integer),
+    Option("--window-length-duration-ms", "window.window_length_duration_ms", _WINDOW,
+           "a window of the last MS milliseconds", "MS", "a whole number >= 1", _integer),
+    Option("--sliding-interval-count", "window.sliding_interval_count", _WINDOW,
+           "fire every N messages (default: the window length, a tumbling window)", "N",
+           "a whole number >= 1", _integer),
+    Option("--sliding-interval-duration-ms", "window.sliding_interval_duration_ms", _WINDOW,
+           "fire every MS milliseconds (default: the window length)", "MS",
+           "a whole number >= 1", _integer),
+    Option("--timestamp-extractor-classname", "window.timestamp_extractor_class_name",
+           _WINDOW, "event time: module.Class with extract_timestamp(value) -> epoch ms",
+           "CLASS"),
+    Option("--use-event-time", "window.use_event_time", _WINDOW,
+           "event time: each message's event time (else its publish time)", allowed=_BOOL,
+           kind="bool"),
+    Option("--max-lag-ms", "window.max_lag_ms", _WINDOW,
+           "event time: how late data may come before the watermark passes it (default 0)",
+           "MS", "a whole number >= 0", _integer),
+    Option("--watermark-emit-interval-ms", "window.watermark_emit_interval_ms", _WINDOW,
+           "event time: how often the watermark advances (default 1000)", "MS",
+           "a whole number >= 1", _integer),
+    Option("--late-data-topic", "window.late_data_topic", _WINDOW,
+           "event time: where data older than the watermark goes (default: dropped, counted)",
+           "TOPIC", _TOPIC),
+    Option("--max-window-messages", "window.max_window_messages", _WINDOW,
+           "messages a window function holds at most (default: 10 x --receiver-queue-size)",
+           "N", "a whole number >= 1", _integer),
     Option("--user-config", "user_config", _FUNCTION,
            "user config: a JSON object, or @FILE holding one", "JSON|@FILE",
            'a JSON object, e.g. {"key": "value"}, or @FILE', _json_object),

@@ -16,11 +16,12 @@ from __future__ import annotations
 import base64
 from typing import Any, TypeVar
 
-from pulsarfunc.runtime.codec import Codec, RawCodec, pulsar_serde
+from pulsarfunc.runtime.codec import Codec, RawCodec
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.errors import PayloadError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.naming import effectively_once_producer, output_sequence_id
+from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.transport import InMessage, OutMessage
 
 _b64 = base64.b64encode
@@ -42,11 +43,14 @@ class Outputs:
         self._fqfn = config.fqfn
 
     @classmethod
-    def for_config(cls, config: FunctionConfig, handler: Handler) -> Outputs:
-        """A serde named in the configuration wins over the handler's annotation, as in Pulsar."""
-        if config.output_serde_class_name:
-            return cls(config, pulsar_serde(config.output_serde_class_name))
-        return cls(config, handler.output_codec)
+    def for_config(
+        cls, config: FunctionConfig, handler: Handler, wire: Wire | None = None
+    ) -> Outputs:
+        """A schema or serde named in the configuration wins over the handler's annotation,
+        as in Pulsar."""
+        if wire is None:
+            wire = wire_for(config, handler.input_codec, handler.output_codec)
+        return cls(config, wire.output or handler.output_codec)
 
     def encode(self, value: Any) -> bytes:
         """The payload of one output; PayloadError if the codec cannot write it."""

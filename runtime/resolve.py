@@ -16,7 +16,7 @@ import argparse
 import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 
 from pulsarfunc.runtime.config import (
@@ -24,11 +24,13 @@ from pulsarfunc.runtime.config import (
     InputSpec,
     ProcessingGuarantee,
     Settings,
+    WindowSettings,
     frozen_map,
 )
 from pulsarfunc.runtime.errors import ConfigError
-from pulsarfunc.runtime.formats import details_settings, function_config_settings
+from pulsarfunc.runtime.formats import custom_inputs, details_settings, function_config_settings
 from pulsarfunc.runtime.options import build_parser, env_settings, flag_settings, parse_bool
+from pulsarfunc.runtime.windows import WindowConfigError, spec_of
 
 # Where an image's entrypoint lives (Dockerfile.base's ENTRYPOINT); PULSARFUNC_ENTRYPOINT moves it.
 ENTRYPOINT = "/opt/pulsarfunc/entrypoint.py"
@@ -118,22 +120,35 @@ def _build(base: FunctionConfig, merged: Settings) -> FunctionConfig:
 
     topics = value("inputs.topics", [s for s in base.inputs if not s.is_regex])
     patterns = value("inputs.patterns", [s for s in base.inputs if s.is_regex])
+    kinds = [("inputs.topics", topics), ("inputs.patterns", patterns)]
+    for key, yaml_key in _CUSTOM_INPUTS.items():  # per-topic serdes and schemas (flags)
+        if key in merged:
+            kinds.append((key, custom_inputs(yaml_key, merged[key].value, source(key))))
     inputs = tuple(
         replace(spec, topic=_checked(spec.topic, spec.is_regex, source(key)))
-        for key, specs in (("inputs.topics", topics), ("inputs.patterns", patterns))
+        for key, specs in kinds
         for spec in specs
     )
     top = {k: s.value for k, s in merged.items() if "." not in k}
+    for key in ("output_schema_properties",):
+        if isinstance(top.get(key), Mapping):
+            top[key] = frozen_map(top[key])
     for key in ("output", "log_topic", "dead_letter_topic"):
         if topic := value(key, getattr(base, key)):
             top[key] = _checked(topic, False, source(key))
+    late = "window.late_data_topic"
+    if late in merged and merged[late].value:
+        merged = {
+            **merged,
+            late: merged[late]._replace(value=_checked(merged[late].value, False, source(late))),
+        }
     top["log_level"] = _log_level(value("log_level", base.log_level), source("log_level"))
     for key in ("user_config", "secrets"):
         if isinstance(top.get(key), Mapping):
             top[key] = frozen_map(top[key])
     nested = {
         name: replace(getattr(base, name), **_sub_fields(merged, name))
-        for name in ("auth", "producer")
+        for name in ("auth", "producer", "window")
     }
     config = replace(base, **top, **nested, inputs=_unique(inputs))
     _validate(config, source)
@@ -145,9 +160,22 @@ def _sub_fields(merged: Settings, name: str) -> dict[str, Any]:
     return {k[len(prefix) :]: s.value for k, s in merged.items() if k.startswith(prefix)}
 
 
+# per-topic serdes and schemas, as their function-config keys, merged onto the inputs in order
+_CUSTOM_INPUTS = {"inputs.serdes": "customSerdeInputs", "inputs.schemas": "customSchemaInputs"}
+
+
 def _unique(specs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...]:
-    """Inputs in order, a later spec of the same topic replacing an earlier one (as Pulsar)."""
-    by_topic = {spec.topic: spec for spec in specs}
+    """Inputs in order, one per topic: what a later spec of the same topic sets (a serde, a
+    schema, a queue size) replaces the earlier one's, as pulsar-admin's --inputs,
+    --custom-serde-inputs and --custom-schema-inputs add up to one ConsumerSpec per topic."""
+    by_topic: dict[str, InputSpec] = {}
+    for spec in specs:
+        earlier = by_topic.get(spec.topic)
+        if earlier is not None:
+            bare = InputSpec(spec.topic)
+            given = {f.name: getattr(spec, f.name) for f in fields(spec)}
+            spec = replace(earlier, **{k: v for k, v in given.items() if v != getattr(bare, k)})
+        by_topic[spec.topic] = spec
     return tuple(by_topic.values())
 
 
@@ -286,6 +314,8 @@ def _validate(config: FunctionConfig, source: Callable[[str], str]) -> None:
             "retain key ordering with EFFECTIVELY_ONCE",
             "EFFECTIVELY_ONCE already processes in order: drop retain key ordering",
         )
+    if config.window != WindowSettings():
+        _validate_window(config, fail)
     if config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE:
         transient = [s.topic for s in config.inputs if s.topic.startswith("non-persistent://")]
         if transient:
@@ -296,6 +326,28 @@ def _validate(config: FunctionConfig, source: Callable[[str], str]) -> None:
                 "get sequence ids and the broker would drop all but the first",
                 "use ATLEAST_ONCE for non-persistent inputs, or a persistent:// topic",
             )
+
+
+def _validate_window(config: FunctionConfig, fail: Callable[[str, str, str], NoReturn]) -> None:
+    """Pulsar's WindowConfigUtils checks, and the guarantees a window cannot keep."""
+    try:
+        spec_of(config.window, config.receiver_queue_size)
+    except WindowConfigError as exc:
+        fail(exc.key, exc.problem, exc.hint)
+    guarantee = config.processing_guarantee
+    if guarantee in (ProcessingGuarantee.EFFECTIVELY_ONCE, ProcessingGuarantee.MANUAL):
+        fail(
+            "processing_guarantee",
+            f"window functions do not support {guarantee.name}",
+            "use ATLEAST_ONCE (outputs may repeat after a failure: see README, Window "
+            "functions) or ATMOST_ONCE"
+            + (
+                ": a window's output comes from many inputs, so no one input's position can "
+                "deduplicate it"
+                if guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
+                else ": inputs are acknowledged when their windows are done"
+            ),
+        )
 
 
 def _get(config: FunctionConfig, path: str) -> Any:

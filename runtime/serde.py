@@ -105,8 +105,10 @@ def load_serde(class_name: str = "") -> SerDe:
         ) from e
     missing = [m for m in ("serialize", "deserialize") if not callable(getattr(serde, m, None))]
     if missing:
+        found = [m for m in dir(serde) if not m.startswith("_") and callable(getattr(serde, m))]
         raise ConfigError(
-            f"serde class {class_name!r} has no {' or '.join(missing)} method",
+            f"serde class {class_name!r} has no {' or '.join(missing)} method "
+            f"(found: {', '.join(found) or 'no public methods'})",
             "a serde implements serialize(self, input) -> bytes and deserialize(self, input_bytes)",
         )
     return serde  # type: ignore[no-any-return]

@@ -6,6 +6,7 @@ default python:3.11-slim where a registry is reachable).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import uuid
@@ -16,7 +17,8 @@ import docker
 import pytest
 from docker.models.containers import Container
 from images import build, built
-from pulsar_helpers import PulsarBroker, produce, subscribe_first
+from pulsar.schema import AvroSchema
+from pulsar_helpers import PulsarBroker, client, produce, subscribe_first
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -243,3 +245,45 @@ def test_sdist_only_dependency_is_a_user_error_naming_it(tmp_path: Path) -> None
     assert code == 2, err
     assert summary["package"] == "docopt"
     assert "no wheel of 'docopt'" in err
+
+
+@pytest.mark.docker
+@pytest.mark.integration
+def test_an_avro_function_s_image_gets_fastavro_and_a_plain_one_does_not(
+    pulsar: PulsarBroker,
+    run_function: Callable[..., Container],
+    topic: Callable[..., str],
+    image_tag: Callable[[str], str],
+    docker_client: docker.DockerClient,
+) -> None:
+    """examples/readings names AVRO: its image can run it under AVRO schemas, on both topics,
+    read and written by pulsar-client AvroSchema peers; exclaim's image has no fastavro."""
+    plain, avro = image_tag("no-avro"), image_tag("readings")
+    built([str(EXAMPLES / "exclaim"), "-t", plain])
+    built([str(EXAMPLES / "readings"), "-t", avro])
+    probe = ["-c", "import fastavro"]
+    with pytest.raises(docker.errors.ContainerError):
+        docker_client.containers.run(plain, probe, entrypoint=["python3"], remove=True)
+    docker_client.containers.run(avro, probe, entrypoint=["python3"], remove=True)
+
+    spec = importlib.util.spec_from_file_location("readings", EXAMPLES / "readings" / "handler.py")
+    assert spec is not None
+    assert spec.loader is not None
+    readings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readings)
+
+    source, sink = topic("in"), topic("out")
+    with (
+        client(pulsar.service_url) as c,
+        subscribe_first(pulsar.service_url, sink) as outputs,
+    ):
+        run_function(
+            avro, "--inputs", source, "--output", sink, "--subscription-position", "EARLIEST",
+            "--custom-schema-inputs", json.dumps({source: "AVRO"}), "--output-schema-type", "AVRO",
+        )  # fmt: skip
+        c.create_producer(source, schema=AvroSchema(readings.Reading)).send(
+            readings.Reading(sensor="s1", celsius=100.0)
+        )
+        (got,) = outputs.collect(1, timeout_s=60)
+    converted = AvroSchema(readings.Converted).decode(got.data)
+    assert (converted.sensor, converted.fahrenheit) == ("s1", 212.0)

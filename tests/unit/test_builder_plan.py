@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from pulsarfunc.builder.errors import PlanError
-from pulsarfunc.builder.plan import BuildOptions, SourceKind, make_plan
+from pulsarfunc.builder.plan import AVRO_REQUIREMENT, BuildOptions, SourceKind, make_plan
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -154,3 +154,21 @@ def test_invalid_tags_are_plan_errors(tmp_path: Path, tag: str) -> None:
     _write(tmp_path, {"fn.py": ""})
     with pytest.raises(PlanError, match="not a valid image name"):
         make_plan(BuildOptions(path=tmp_path / "fn.py", tag=tag))
+
+
+def test_fastavro_goes_into_an_image_only_when_the_function_uses_avro(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "handler.py").write_text("def handler(x: bytes) -> bytes:\n    return x\n")
+    assert make_plan(BuildOptions(path=plain, tag="t")).requirements == ()
+    for name, text in [
+        ("config.yaml", "customSchemaInputs: {in: avro}\n"),
+        ("handler.py", "from pulsar.schema import AvroSchema\n"),
+    ]:
+        fn = tmp_path / name.replace(".", "-")
+        fn.mkdir()
+        (fn / "handler.py").write_text("def handler(x: bytes) -> bytes:\n    return x\n")
+        (fn / name).write_text(text + ((fn / name).read_text() if name == "handler.py" else ""))
+        assert make_plan(BuildOptions(path=fn, tag="t")).requirements == (AVRO_REQUIREMENT,)
+        (fn / "requirements.txt").write_text("fastavro==1.13.1\n")  # listed: kept as listed
+        assert make_plan(BuildOptions(path=fn, tag="t")).requirements == ("fastavro==1.13.1",)

@@ -55,12 +55,20 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--inputs", "a, b,acme/ns/c", "inputs", (*topics("a", "b"), InputSpec("persistent://acme/ns/c"))),
     ("--topics-pattern", "in-.*", "inputs",
      (*topics("in"), InputSpec("persistent://public/default/in-.*", is_regex=True))),
+    ("--custom-serde-inputs", '{"in": "my.Serde"}', "inputs",
+     (InputSpec("persistent://public/default/in", serde_class_name="my.Serde"),)),
+    ("--custom-schema-inputs", '{"in": "AVRO", "b": "{\\"schemaType\\": \\"JSON\\"}"}', "inputs",
+     (InputSpec("persistent://public/default/in", schema_type="AVRO"),
+      InputSpec("persistent://public/default/b", schema_type="JSON"))),
+    ("--input-type-class-name", "fn.Order", "input_type_class_name", "fn.Order"),
     ("--subscription", "sub", "subscription", "sub"),
     ("--subscription-type", "Key_Shared", "subscription_type", SubscriptionType.KEY_SHARED),
     ("--subscription-position", "earliest", "subscription_position", SubscriptionPosition.EARLIEST),
     ("--receiver-queue-size", "0", "receiver_queue_size", 0),
     ("--output", "out", "output", "persistent://public/default/out"),
     ("--output-schema-type", "STRING", "output_schema_type", "STRING"),
+    ("--schema-type", "JSON", "output_schema_type", "JSON"),
+    ("--output-type-class-name", "fn.Out", "output_type_class_name", "fn.Out"),
     ("--output-serde-classname", "my.Serde", "output_serde_class_name", "my.Serde"),
     ("--no-batching", None, "producer.batching", False),
     ("--batching-max-publish-delay-ms", "25", "producer.batching_max_publish_delay_ms", 25),
@@ -76,6 +84,16 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--redelivery-delay-ms", "250", "redelivery_delay_ms", 250),
     ("--timeout-ms", "5000", "timeout_ms", 5000),
     ("--drain-timeout-ms", "0", "drain_timeout_ms", 0),
+    ("--window-length-count", "10", "window.window_length_count", 10),
+    ("--window-length-duration-ms", "500", "window.window_length_duration_ms", 500),
+    ("--sliding-interval-count", "5", "window.sliding_interval_count", 5),
+    ("--sliding-interval-duration-ms", "100", "window.sliding_interval_duration_ms", 100),
+    ("--timestamp-extractor-classname", "fn.Ts", "window.timestamp_extractor_class_name", "fn.Ts"),
+    ("--use-event-time", None, "window.use_event_time", True),
+    ("--max-lag-ms", "5", "window.max_lag_ms", 5),
+    ("--watermark-emit-interval-ms", "250", "window.watermark_emit_interval_ms", 250),
+    ("--late-data-topic", "late", "window.late_data_topic", "persistent://public/default/late"),
+    ("--max-window-messages", "5000", "window.max_window_messages", 5000),
     ("--user-config", '{"a": [1, 2]}', "user_config", {"a": [1, 2]}),
     ("--secrets", '{"pw": "PASSWORD_VAR"}', "secrets", {"pw": "PASSWORD_VAR"}),
     ("--log-level", "warn", "log_level", "WARNING"),
@@ -87,8 +105,17 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--function-details", '{"name": "from-details"}', "name", "from-details"),
 ]  # fmt: skip
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
+_BY_TIME = ["--window-length-duration-ms", "500"]
 _NEEDS = {  # flags that are only valid together with another one
     "--dead-letter-topic": ["--max-message-retries", "1"],
+    "--sliding-interval-count": ["--window-length-count", "10"],
+    "--sliding-interval-duration-ms": _BY_TIME,
+    "--timestamp-extractor-classname": _BY_TIME,
+    "--use-event-time": _BY_TIME,
+    "--max-lag-ms": _BY_TIME,
+    "--watermark-emit-interval-ms": _BY_TIME,
+    "--late-data-topic": [*_BY_TIME, "--use-event-time"],
+    "--max-window-messages": _BY_TIME,
     "--function-config": [],
 }
 
@@ -119,7 +146,7 @@ def test_every_flag_has_its_env_var(flag: str, text: str | None, path: str, expe
     elif flag == "--function-config":
         text = str(FIXTURES / text)
     env = {option.env: text}
-    argv = [] if flag in ("--inputs", "--function-config") else IN
+    argv = [] if flag in ("--inputs", "--function-config") else list(IN)
     argv += _NEEDS.get(flag, [])
     assert get(resolve(argv, env), path) == expected
 

@@ -18,6 +18,7 @@ from pulsarfunc.runtime.config import (
     ProducerSettings,
     SubscriptionPosition,
     SubscriptionType,
+    frozen_map,
 )
 from pulsarfunc.runtime.errors import ConfigError
 from pulsarfunc.runtime.formats import parse_details
@@ -108,7 +109,9 @@ def test_every_mapped_yaml_key(caplog: pytest.LogCaptureFixture) -> None:
         class_name="enrich.Enrich",
         py="enrich.py",
         inputs=(
-            InputSpec(acme + "json-in", schema_type="JSON"),
+            InputSpec(
+                acme + "json-in", schema_type="JSON", schema_properties=frozen_map({"a": "b"})
+            ),
             InputSpec(acme + "keyed", serde_class_name="my.Serde", receiver_queue_size=0),
             InputSpec(acme + "legacy", serde_class_name="serde.IdentitySerDe"),
             InputSpec(acme + "str-in", schema_type="STRING"),
@@ -123,6 +126,9 @@ def test_every_mapped_yaml_key(caplog: pytest.LogCaptureFixture) -> None:
         output=acme + "enriched",
         output_schema_type="JSON",
         output_serde_class_name="my.OutSerde",
+        output_schema_properties=frozen_map({"c": "d"}),
+        input_type_class_name="enrich.Order",
+        output_type_class_name="enrich.Enriched",
         producer=ProducerSettings(
             batching=False,
             batching_max_publish_delay_ms=5,
@@ -298,7 +304,8 @@ BAD_YAML = [
     ("inputs: [a]\nuserConfig: [1, 2]\n", ["'userConfig'", "a mapping"]),
     ("inputs: [a]\nuserConfig: {when: !!binary aGk=}\n", ["'userConfig'", "bytes"]),
     ("inputs: [a]\nfqfn: a/b\n", ["'fqfn'", "tenant/namespace/name"]),
-    ("inputs: [a]\nwindowConfig: {windowLengthCount: 10}\n", ["windowConfig", "not supported"]),
+    ("inputs: [a]\nwindowConfig: {windowLengthCount: ten}\n",
+     ["'windowConfig.windowLengthCount'", "a whole number"]),
     ("customSchemaInputs: {t: '{bad json'}\n", ["'customSchemaInputs.t'", "ConsumerConfig JSON"]),
     ("inputs: [a]\noutput: tenant/topic\n", ["output", "'tenant/topic'"]),
 ]  # fmt: skip

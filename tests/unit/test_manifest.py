@@ -245,3 +245,26 @@ def test_names_become_kubernetes_names() -> None:
 def test_a_missing_service_url_is_warned_about() -> None:
     assert "no --service-url" in manifest(IMAGE, "--inputs", "in")[2]
     assert "no --service-url" not in manifest(IMAGE, *FLAGS)[2]
+
+
+def test_schemas_and_record_classes_reach_function_mesh_and_validate() -> None:
+    schema_inputs = json.dumps(
+        {"persistent://acme/orders/in": '{"schemaType": "AVRO", "schemaProperties": {"a": "b"}}'}
+    )
+    _, docs, _ = manifest(
+        IMAGE, *FLAGS, "--custom-schema-inputs", schema_inputs,
+        "--input-type-class-name", "fn.Order", "--output-schema-type", "AVRO",
+        "--output-type-class-name", "fn.Shipped",
+    )  # fmt: skip
+    function = kinds(docs)["Function/word-count"]
+    jsonschema.validate(function, FUNCTION_SCHEMA)
+    spec = function["spec"]
+    assert spec["input"]["sourceSpecs"]["persistent://acme/orders/in"] == {
+        "schemaType": "AVRO",
+        "schemaProperties": {"a": "b"},
+    }
+    assert spec["input"]["typeClassName"] == "fn.Order"
+    assert (spec["output"]["sinkSchemaType"], spec["output"]["typeClassName"]) == (
+        "AVRO",
+        "fn.Shipped",
+    )
