@@ -127,6 +127,11 @@ def check(config: FunctionConfig, scale: Autoscale, kind: str, *, named: bool) -
         )
     if keda:
         _check_keda(config, scale, named=named)
+        if admin_url(config, scale).startswith("https://"):
+            warnings.append(
+                "the scaler reads the backlog over HTTPS: KEDA must trust the broker's "
+                "certificate (add its CA as `ca` to a TriggerAuthentication)"
+            )
     return warnings
 
 

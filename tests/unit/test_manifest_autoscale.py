@@ -124,6 +124,12 @@ def test_tls_broker_gets_the_https_admin_port() -> None:
     )
     trigger = kinds(docs)["ScaledObject/word-count"]["spec"]["triggers"][0]
     assert trigger["metadata"]["adminURL"] == "https://broker:8443"
+    code, _, err = manifest(
+        IMAGE, *BASE, "--service-url", "pulsar+ssl://broker:6651", "--autoscale", "1:2"
+    )
+    assert code == 0
+    assert "warning: the scaler reads the backlog over HTTPS: KEDA must trust" in err
+    assert "over HTTPS" not in manifest(IMAGE, *BASE, "--autoscale", "1:2")[2]
 
 
 def test_the_token_secret_of_the_deployment_authenticates_the_scaler() -> None:
@@ -266,3 +272,12 @@ def test_failover_scales_with_a_warning() -> None:
     )
     assert code == 0
     assert "warning: a FAILOVER subscription has one active consumer per partition" in err
+
+
+def test_plugin_params_cannot_authenticate_the_scaler_and_it_says_so() -> None:
+    code, docs, err = manifest(
+        IMAGE, *BASE, "--kind", "deployment", "--autoscale", "1:3", "--auth-params-secret", "oauth"
+    )
+    assert code == 0, err
+    assert [d["kind"] for d in docs] == ["Deployment", "ScaledObject"]  # no TriggerAuthentication
+    assert "warning: the ScaledObject carries no credentials" in err
