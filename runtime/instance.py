@@ -47,6 +47,7 @@ from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.settle import Settler, dead_letter_topics
+from pulsarfunc.runtime.state import StateStore
 from pulsarfunc.runtime.tracker import Tracker
 from pulsarfunc.runtime.transport import Broker
 
@@ -111,6 +112,7 @@ class Instance:
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
         wire: Wire | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.config = config
         wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
@@ -131,6 +133,7 @@ class Instance:
             services=self._services,
             logger=logger or logging.getLogger(f"pulsarfunc.function.{config.name}"),
             secrets=secrets or (lambda name: None),
+            state=state,
         )
         self.core = Core(
             config=config,

@@ -25,6 +25,7 @@ from pulsarfunc.runtime.logs import setup_logging
 from pulsarfunc.runtime.naming import function_id
 from pulsarfunc.runtime.schemas import wire_for
 from pulsarfunc.runtime.secrets import SecretsMap
+from pulsarfunc.runtime.state import open_state
 
 if TYPE_CHECKING:
     from pulsarfunc.runtime.instance import Instance
@@ -91,6 +92,7 @@ def run(
     metrics = Metrics()
     with contextlib.ExitStack() as ops:  # closes in reverse: attached, log topic, broker, server
         server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
+        state = open_state(config)  # unreachable: the start fails here, with the reason
         broker = PulsarBroker(config, wire)
         ops.callback(broker.close)
         ops.enter_context(publishing_logs(config, broker))
@@ -101,6 +103,7 @@ def run(
             secrets=SecretsMap(config.secrets, env or {}),
             metrics=metrics,
             wire=wire,
+            state=state,
         )
         if server is not None:
             server.watch(instance)
