@@ -134,3 +134,10 @@ def test_a_state_failure_in_a_message_fails_that_message_and_acks_nothing() -> N
     thread.join(10)
     assert broker.sources[0].acked == []
     assert broker.sent == {}
+
+
+def test_the_counter_example() -> None:
+    loaded = load(str(Path(__file__).resolve().parents[2] / "examples" / "counter"))
+    result = run_function(loaded.obj, ["a b a"], state={"a": 10})
+    assert result.outputs == ["a=11 b=1 a=12"]
+    assert result.state == {"a": 12, "b": 1, "last-line": b"a b a"}
