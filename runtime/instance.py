@@ -21,9 +21,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import FunctionEnv, SecretsProvider
+from pulsarfunc.runtime.context import Services as ContextServices
 from pulsarfunc.runtime.engine import (
     Core,
     Engine,
@@ -44,6 +46,9 @@ from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.settle import Settler, dead_letter_topics
 from pulsarfunc.runtime.tracker import Tracker
 from pulsarfunc.runtime.transport import Broker
+
+if TYPE_CHECKING:
+    from pulsarfunc.runtime.tracing import Tracing
 
 _log = logging.getLogger("pulsarfunc.instance")
 
@@ -72,6 +77,7 @@ class Instance:
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
         wire: Wire | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
@@ -87,17 +93,25 @@ class Instance:
         settler = Settler(config, broker, self.metrics, tracker, in_order=ordered(config))
         tracks = config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._services = Services(broker, tracker, self.metrics, tracks)
+        services: ContextServices = self._services
+        if tracing is None:
+            invoker = Invoker.for_config(handler, config, self.concurrency, wire)
+            outputs = Outputs.for_config(config, handler, wire)
+        else:  # chosen once: without tracing, no traced code runs at all
+            invoker = tracing.invoker(handler, config, self.concurrency, wire)
+            outputs = tracing.outputs(config, handler, wire)
+            services = tracing.services(services)
         env = FunctionEnv(
             config=config,
-            services=self._services,
+            services=services,
             logger=logger or logging.getLogger(f"pulsarfunc.function.{config.name}"),
             secrets=secrets or (lambda name: None),
         )
         self.core = Core(
             config=config,
             broker=broker,
-            invoker=Invoker.for_config(handler, config, self.concurrency, wire),
-            outputs=Outputs.for_config(config, handler, wire),
+            invoker=invoker,
+            outputs=outputs,
             tracker=tracker,
             settler=settler,
             receiver=Receiver(config, broker, settler, self.metrics),

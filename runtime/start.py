@@ -16,15 +16,18 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pulsarfunc.runtime.config import FunctionConfig
-from pulsarfunc.runtime.errors import PulsarFuncError
+from pulsarfunc.runtime.errors import PulsarFuncError, UserError
 from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.logs import setup_logging
 from pulsarfunc.runtime.naming import function_id
 from pulsarfunc.runtime.schemas import wire_for
 from pulsarfunc.runtime.secrets import SecretsMap
+
+if TYPE_CHECKING:
+    from pulsarfunc.runtime.tracing import Tracing
 
 _log = logging.getLogger("pulsarfunc")
 
@@ -72,7 +75,10 @@ def run(
     for line in wire.describe():
         _log.info("  %s", line)
     metrics = Metrics()
-    with contextlib.ExitStack() as ops:  # closes in reverse: log topic, broker, metrics server
+    tracing = start_tracing(config, env or {})  # before connecting: a missing extra is exit 2
+    with contextlib.ExitStack() as ops:  # closes in reverse: log topic, broker, metrics, spans
+        if tracing is not None:
+            ops.callback(tracing.close)  # the last spans are exported before the process exits
         server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
         broker = PulsarBroker(config, wire)
         ops.callback(broker.close)
@@ -84,6 +90,7 @@ def run(
             secrets=SecretsMap(config.secrets, env or {}),
             metrics=metrics,
             wire=wire,
+            tracing=tracing,
         )
         if server is not None:
             server.watch(instance)
@@ -115,6 +122,22 @@ def run(
             snap.dead_lettered,
         )
     return drained
+
+
+def start_tracing(config: FunctionConfig, env: Mapping[str, str]) -> Tracing | None:
+    """The instance's tracing with --tracing, else None (and OpenTelemetry is not imported)."""
+    if not config.tracing:
+        return None
+    try:
+        from pulsarfunc.runtime.tracing import configure
+    except ImportError as exc:
+        if not (exc.name or "").startswith("opentelemetry"):
+            raise
+        raise UserError(
+            "--tracing needs OpenTelemetry, which is not installed: pip install "
+            "'pulsarfunc[otel]' (in an image: list pulsarfunc[otel] in requirements.txt)"
+        ) from None
+    return configure(config, env)
 
 
 def _on_signals(stop: Callable[[], None]) -> Callable[[], None]:
