@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -106,6 +106,8 @@ class Tracing:
             "messaging.operation.name": "send",
             "messaging.operation": "publish",
         }
+        self._inputs: dict[str, tuple[str, dict[str, str]]] = {}  # topic: span name, attributes
+        self._outputs: dict[str, tuple[str, dict[str, str]]] = {}
 
     # -- the traced pieces, chosen once by Instance ----------------------------------------------
     def invoker(
@@ -133,40 +135,49 @@ class Tracing:
             flush()
 
     # -- spans ------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def processing(self, msg: InMessage) -> Iterator[Span]:
-        """The process span of `msg`, current for the `with` block."""
+    def begin(self, msg: InMessage) -> tuple[Span, object]:
+        """Start the process span of `msg` and make it current (with the baggage that came with
+        the message); `end` undoes both, on the same thread or task."""
         parent = propagate.extract(msg.properties())
         topic = msg.topic_name()
         mid = msg.message_id()
-        attributes: dict[str, str] = {
-            **self._process,
-            "messaging.destination.name": strip_partition(topic),
-            "messaging.message.id": str(mid),
-        }
-        if mid.partition() >= 0:
-            attributes["messaging.destination.partition.id"] = str(mid.partition())
-        with self._tracer.start_as_current_span(
-            f"process {strip_partition(topic)}",
+        named = self._inputs.get(topic)
+        if named is None:
+            named = self._inputs[topic] = self._named_input(topic, mid.partition())
+        span = self._tracer.start_span(
+            named[0],
             context=parent,
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            record_exception=False,  # recorded by `failed`: a failure is caught before the exit
-            set_status_on_exception=False,
-        ) as span:
-            yield span
+            attributes={**named[1], "messaging.message.id": str(mid)},
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+    @staticmethod
+    def end(span: Span, token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]  # the token `begin` returned
+        span.end()
 
     def sending(self, message: OutMessage) -> tuple[Span, OutMessage]:
         """A send span for `message` (a child of the current span), and the message with the
         span's context in its properties."""
-        span = self._tracer.start_span(
-            f"send {message.topic}",
-            kind=SpanKind.PRODUCER,
-            attributes={**self._send, "messaging.destination.name": message.topic},
-        )
+        named = self._outputs.get(message.topic)
+        if named is None:
+            named = self._outputs[message.topic] = self._named_output(message.topic)
+        span = self._tracer.start_span(named[0], kind=SpanKind.PRODUCER, attributes=named[1])
         properties = dict(message.properties or {})
         propagate.inject(properties, context=trace.set_span_in_context(span))
         return span, message._replace(properties=properties)
+
+    def _named_input(self, topic: str, partition: int) -> tuple[str, dict[str, str]]:
+        """A topic's process span name and attributes (the same for all of its messages)."""
+        name = strip_partition(topic)
+        attributes = {**self._process, "messaging.destination.name": name}
+        if partition >= 0:
+            attributes["messaging.destination.partition.id"] = str(partition)
+        return f"process {name}", attributes
+
+    def _named_output(self, topic: str) -> tuple[str, dict[str, str]]:
+        return f"send {topic}", {**self._send, "messaging.destination.name": topic}
 
 
 def failed(span: Span, error: BaseException) -> None:
@@ -193,35 +204,42 @@ class TracedInvoker(Invoker):
         stop_at_failure: bool = False,
     ) -> None:
         """`Invoker.call_each` on its general path (`decode`, then `call`), one span each."""
-        processing = self.tracing.processing
+        begin, end = self.tracing.begin, self.tracing.end
         for index, msg in enumerate(msgs):
             cursor.index = index
             cursor.ctx = None
-            with processing(msg) as span:
-                try:
-                    value = self.decode(msg)
-                    for out in self.call(cursor.context(), value):
-                        put(index, msg, out)
-                    continue
-                except Exception as exc:
-                    error: Exception = exc
-                except asyncio.CancelledError:
-                    error = handler_cancelled()
+            span, token = begin(msg)
+            error: Exception | None = None
+            try:
+                value = self.decode(msg)
+                for out in self.call(cursor.context(), value):
+                    put(index, msg, out)
+            except Exception as exc:
+                error = exc
                 failed(span, error)
-            fail(index, error)
-            if stop_at_failure:
-                return
+            except asyncio.CancelledError:
+                error = handler_cancelled()
+                failed(span, error)
+            finally:
+                end(span, token)  # before `fail`: settling is not the message's processing
+            if error is not None:
+                fail(index, error)
+                if stop_at_failure:
+                    return
 
     async def process_async(
         self, ctx: Context, put: Callable[[Any], None], fail: Callable[[Exception], None]
     ) -> None:
-        with self.tracing.processing(ctx.message) as span:
+        span, token = self.tracing.begin(ctx.message)
 
-            def traced_fail(error: Exception) -> None:
-                failed(span, error)
-                fail(error)
+        def traced_fail(error: Exception) -> None:
+            failed(span, error)
+            fail(error)
 
+        try:
             await super().process_async(ctx, put, traced_fail)
+        finally:
+            self.tracing.end(span, token)
 
 
 class TracedOutputs(Outputs):
