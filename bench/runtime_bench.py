@@ -359,6 +359,13 @@ ASYNC_DEFAULT = "b pulsarfunc run, async, default concurrency"
 # --tracing with every span sampled and ended, none exported: what tracing costs the instance
 TRACED = ", --tracing (OTEL_TRACES_EXPORTER=none)"
 TRACING_ENV = {"OTEL_TRACES_EXPORTER": "none"}
+# ...and as it would run in production: 1% of the traces sampled (the rest not recorded)
+SAMPLED = ", --tracing, 1% sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio)"
+SAMPLED_ENV = {
+    **TRACING_ENV,
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.01",
+}
 
 
 def baseline_case(short: str, case: str) -> str:
@@ -446,6 +453,8 @@ def verdicts(
     for label, case in (("sync", SYNC_DEFAULT), ("async", ASYNC_DEFAULT)):
         ratio = _ratio(med(case + TRACED, "rates"), med(case, "rates"))
         add(f"tracing on/off: {label} default msg/s", ratio, "(info)", None)
+        ratio = _ratio(med(case + SAMPLED, "rates"), med(case, "rates"))
+        add(f"tracing 1% sampled/off: {label} default msg/s", ratio, "(info)", None)
         on, off = med(case + TRACED, "p99s"), med(case, "p99s")
         over = on - off if on is not None and off is not None else None
         add(f"tracing on - off: {label} default p99, ms", over, "(info)", None)
@@ -536,8 +545,9 @@ def main(argv: Sequence[str]) -> int:
     for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
         # each right after the same case without tracing, in every round
         at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
-        start = localrun(fn, dflt, workdir, tracing=TRACING_ENV)
-        cases.insert(at, (case + TRACED, start, {}))
+        sampled = localrun(fn, dflt, workdir, tracing=SAMPLED_ENV)
+        cases.insert(at, (case + SAMPLED, sampled, {}))
+        cases.insert(at, (case + TRACED, localrun(fn, dflt, workdir, tracing=TRACING_ENV), {}))
     if baseline is not None:  # each right after this tree's case, in every round
         for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
             at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)

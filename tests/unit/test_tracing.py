@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from fake_broker import FakeBroker, FakeMessage
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -176,6 +176,26 @@ def test_outputs_get_a_send_span_and_carry_its_trace_context(spans: Spans) -> No
             "faas.name": "public/default/fn",
         }
     assert [m.payload for m in broker.sent[OUT]] == [b"a", b"b"]
+
+
+def test_baggage_that_came_with_the_input_goes_on_with_outputs_and_publishes(
+    spans: Spans,
+) -> None:
+    broker = FakeBroker()
+    broker.feed(traced_message(b"x", baggage="tenant=acme"))
+    seen: list[object] = []
+
+    def fanout(ctx: Context, text: str) -> str:
+        seen.append(baggage.get_baggage("tenant"))  # the handler sees it too
+        ctx.publish(SIDE, text)
+        return text
+
+    with traced(fanout, broker, spans):
+        wait_for(acked(broker, 1))
+    assert seen == ["acme"]
+    for topic in (OUT, SIDE):
+        (msg,) = broker.sent[topic]
+        assert dict(msg.properties or {})["baggage"] == "tenant=acme"
 
 
 def test_context_publish_gets_a_send_span_that_ends_when_persisted(spans: Spans) -> None:
