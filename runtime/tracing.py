@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,9 @@ from pulsarfunc.runtime.transport import InMessage, OutMessage
 if TYPE_CHECKING:
     from pulsarfunc.runtime.tracker import Ticket
 
+_log = logging.getLogger("pulsarfunc.tracing")
+
+CLOSE_TIMEOUT_S = 5.0  # how long the stop waits for the last spans to be exported
 # The OTLP exporter the `otel` extra installs: OTEL_TRACES_EXPORTER's default ("otlp") over HTTP.
 DEFAULT_EXPORTER = "otlp_proto_http"
 
@@ -123,16 +128,25 @@ class Tracing:
     def services(self, services: Services) -> Services:
         return TracedServices(self, services)
 
-    def close(self) -> None:
-        """Export what is still buffered: shut down a provider configured here, else flush."""
-        if self._owned:
-            shutdown: Callable[[], object] | None = getattr(self.provider, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Export what is still buffered: shut down a provider configured here, else flush.
+
+        Waits at most `timeout_s`: an exporter whose collector is away retries for longer,
+        and the stop must not wait for it (what is left is lost, and said so).
+        """
+        name = "shutdown" if self._owned else "force_flush"
+        finish: Callable[[], object] | None = getattr(self.provider, name, None)
+        if finish is None:
             return
-        flush: Callable[[], object] | None = getattr(self.provider, "force_flush", None)
-        if flush is not None:
-            flush()
+        closing = threading.Thread(target=finish, name="pf-spans", daemon=True)
+        closing.start()
+        closing.join(timeout_s)
+        if closing.is_alive():
+            _log.warning(
+                "spans still unexported %.0f s after the stop: is the collector "
+                "(OTEL_EXPORTER_OTLP_ENDPOINT) reachable?",
+                timeout_s,
+            )
 
     # -- spans ------------------------------------------------------------------------------------
     def begin(self, msg: InMessage) -> tuple[Span, object]:
@@ -203,8 +217,8 @@ class TracedInvoker(Invoker):
         *,
         stop_at_failure: bool = False,
     ) -> None:
-        """`Invoker.call_each` on its general path (`decode`, then `call`), one span each."""
-        begin, end = self.tracing.begin, self.tracing.end
+        """`Invoker.call_each` without its inlined shortcuts, one span per message."""
+        begin, end, plain = self.tracing.begin, self.tracing.end, self._plain
         for index, msg in enumerate(msgs):
             cursor.index = index
             cursor.ctx = None
@@ -212,7 +226,11 @@ class TracedInvoker(Invoker):
             error: Exception | None = None
             try:
                 value = self.decode(msg)
-                for out in self.call(cursor.context(), value):
+                if plain is None:
+                    outs = self.call(cursor.context(), value)
+                else:  # a handler of its input alone: no Context made for it
+                    outs = self._collect(plain(value))
+                for out in outs:
                     put(index, msg, out)
             except Exception as exc:
                 error = exc

@@ -3,20 +3,25 @@
 In-process, the spans go to the SDK's in-memory exporter (set as the process's tracer provider,
 as a function's own module would): they must form one trace per input. Through the command
 line, each function exports with the SDK configured from OTEL_* variables (the console
-exporter), and its last spans must be out before the process exits.
+exporter), and its last spans must be out before the process exits. Built as an image, a
+function gets OpenTelemetry by listing `pulsarfunc[otel]` in its requirements.txt.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
+from images import built
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -203,3 +208,58 @@ def test_through_the_command_line_each_function_exports_its_spans_before_exiting
     assert b_process["parent_id"] == a_send["context"]["span_id"]
     assert got.properties["traceparent"].split("-")[2] == b_send["context"]["span_id"][2:]
     assert a_process["attributes"]["faas.name"] == "public/default/otel-a"
+
+
+@pytest.mark.docker
+def test_an_image_with_pulsarfunc_otel_in_its_requirements_traces(
+    pulsar: PulsarBroker,
+    docker_client: docker.DockerClient,
+    docker_labels: dict[str, str],
+    image_tag: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """The extra reaches the image through requirements.txt; an image without it refuses
+    --tracing with exit 2 and the install line."""
+    traced, plain = image_tag("otel"), image_tag("no-otel")
+    for tag, requirements in ((traced, "pulsarfunc[otel]\n"), (plain, "")):
+        fn = tmp_path / tag.rsplit(":", 1)[-1]
+        fn.mkdir()
+        shutil.copy(FNS / "exclaim.py", fn / "handler.py")
+        (fn / "requirements.txt").write_text(requirements)
+        built([str(fn), "-t", tag])
+    src, out = unique_topic("in"), unique_topic("out")
+    flags = ["--service-url", pulsar.internal_service_url, "--inputs", src, "--output", out]
+    flags += ["--subscription-position", "EARLIEST", "--tracing"]
+    refused = docker_client.containers.run(
+        plain, flags, network=pulsar.network, labels=docker_labels, detach=True
+    )
+    try:
+        assert refused.wait(timeout=60)["StatusCode"] == 2
+        lines = refused.logs().decode().strip().splitlines()
+        assert lines[-1].startswith("pulsarfunc: error: --tracing needs OpenTelemetry")
+        assert "pip install 'pulsarfunc[otel]'" in lines[-1]
+    finally:
+        refused.remove(force=True)
+    container = docker_client.containers.run(
+        traced,
+        flags,
+        network=pulsar.network,
+        labels=docker_labels,
+        read_only=True,
+        detach=True,
+        environment={"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "in-image"},
+    )
+    try:
+        with subscribe_first(pulsar.service_url, out) as sink:
+            produce(pulsar.service_url, src, [b"hi"], properties={"traceparent": traceparent(9)})
+            (got,) = sink.collect(1, timeout_s=60)
+        container.stop(timeout=20)
+        assert container.wait(timeout=30)["StatusCode"] == 0
+        logs = container.logs(stdout=True, stderr=False).decode()
+    finally:
+        container.remove(force=True)
+    assert (got.data, trace_id_of(got.properties)) == (b"hi!", 9)
+    spans = console_spans(logs)
+    assert [s["name"] for s in spans] == [f"send {out}", f"process {src}"]
+    assert {s["resource"]["attributes"]["service.name"] for s in spans} == {"in-image"}
+    assert spans[1]["parent_id"] == f"0x{PARENT_ID:016x}"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -574,3 +575,21 @@ def test_close_exports_what_the_batch_processor_still_holds() -> None:
     assert exporter.get_finished_spans() == ()
     tracing.close()
     assert [span.name for span in exporter.get_finished_spans()] == ["late"]
+
+
+def test_close_waits_for_an_unreachable_collector_only_so_long(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = threading.Event()
+
+    class Stuck(TracerProvider):
+        def shutdown(self) -> None:  # an exporter retrying a collector that is away
+            release.wait(10)
+
+    tracing = Tracing(FunctionConfig(name="fn"), Stuck(), owned=True)
+    began = time.monotonic()
+    tracing.close(timeout_s=0.2)
+    took = time.monotonic() - began
+    release.set()
+    assert 0.2 <= took < 2
+    assert "spans still unexported" in caplog.text
