@@ -38,9 +38,12 @@ WATCH_HELP = (
 
 
 #: The `builder` extra's modules (see pyproject.toml) and the distributions that provide them.
-BUILDER_MODULES = {"docker": "docker", "jinja2": "Jinja2", "rich": "rich"} | (
-    {"tomli": "tomli"} if sys.version_info < (3, 11) else {}
-)
+BUILDER_MODULES = {
+    "docker": "docker",
+    "jinja2": "Jinja2",
+    "packaging": "packaging",
+    "rich": "rich",
+} | ({"tomli": "tomli"} if sys.version_info < (3, 11) else {})
 
 
 def _usage_error(problem: str, hint: str) -> int:

@@ -169,14 +169,18 @@ def localrun(
     baseline: baseline_tree.Baseline | None = None,
     schema: str = "",
     extra: Sequence[str] = (),
+    tracing: dict[str, str] | None = None,
 ) -> Start:
     """`pulsarfunc run bench/fns/FN/handler.py:handler` as a user runs it; with `baseline`,
     the baseline worktree's pulsarfunc in the same venv (`python -m pulsarfunc run`); with
-    `schema`, that Pulsar schema on the input and the output."""
+    `schema`, that Pulsar schema on the input and the output; with `tracing`, --tracing under
+    those OTEL_* variables."""
     if baseline is None:
         pulsarfunc, env = [str(Path(sys.executable).with_name("pulsarfunc"))], None
     else:
         pulsarfunc, env = [sys.executable, "-m", "pulsarfunc"], baseline.env()
+    if tracing is not None:
+        env = {**(env or {}), **tracing}
 
     def start(broker: Broker, source: str, sink: str, sub: str) -> Running:
         target = f"{FNS / fn / 'handler.py'}:handler"
@@ -185,6 +189,8 @@ def localrun(
             flags += ["--custom-schema-inputs", json.dumps({source: schema})]
             flags += ["--output-schema-type", schema]
         flags += extra
+        if tracing is not None:
+            flags += ["--tracing"]
         return _spawn([*pulsarfunc, "run", target, *flags], workdir, env)
 
     return start
@@ -356,6 +362,16 @@ def cold_start(broker: Broker, start: Start, repeats: int) -> Figures:
 SYNC_DEFAULT = "b pulsarfunc run, sync, default concurrency"
 WINDOW_SUM = "g pulsarfunc run, tumbling count window of 100, summed"
 ASYNC_DEFAULT = "b pulsarfunc run, async, default concurrency"
+# --tracing with every span sampled and ended, none exported: what tracing costs the instance
+TRACED = ", --tracing (OTEL_TRACES_EXPORTER=none)"
+TRACING_ENV = {"OTEL_TRACES_EXPORTER": "none"}
+# ...and as it would run in production: 1% of the traces sampled (the rest not recorded)
+SAMPLED = ", --tracing, 1% sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio)"
+SAMPLED_ENV = {
+    **TRACING_ENV,
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.01",
+}
 
 
 def baseline_case(short: str, case: str) -> str:
@@ -440,6 +456,14 @@ def verdicts(
     for label, case in (("image", "b image, sync, default concurrency"), ("async", ASYNC_DEFAULT)):
         ratio = _ratio(med(case, "rates"), lim)
         add(f"b/a: {label} default vs batched limit (msg/s)", ratio, "(info)", None)
+    for label, case in (("sync", SYNC_DEFAULT), ("async", ASYNC_DEFAULT)):
+        ratio = _ratio(med(case + TRACED, "rates"), med(case, "rates"))
+        add(f"tracing on/off: {label} default msg/s", ratio, "(info)", None)
+        ratio = _ratio(med(case + SAMPLED, "rates"), med(case, "rates"))
+        add(f"tracing 1% sampled/off: {label} default msg/s", ratio, "(info)", None)
+        on, off = med(case + TRACED, "p99s"), med(case, "p99s")
+        over = on - off if on is not None and off is not None else None
+        add(f"tracing on - off: {label} default p99, ms", over, "(info)", None)
     ratio = _ratio(ours, pulsar)
     add("b/c: sync default vs Pulsar's instance (msg/s)", ratio, ">= 10", _at_least(ratio, 10))
     p99_ours, p99_lim = med(SYNC_DEFAULT, "p99s"), med(limit, "p99s")
@@ -540,6 +564,12 @@ def main(argv: Sequence[str]) -> int:
         start = localrun("schema_echo", dflt, workdir, schema=schema)
         options = {"latency": False, "payload": SchemaPayloads.of(schema)}
         cases.append((f"f pulsarfunc run, {schema} schema, default concurrency", start, options))
+    for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
+        # each right after the same case without tracing, in every round
+        at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
+        sampled = localrun(fn, dflt, workdir, tracing=SAMPLED_ENV)
+        cases.insert(at, (case + SAMPLED, sampled, {}))
+        cases.insert(at, (case + TRACED, localrun(fn, dflt, workdir, tracing=TRACING_ENV), {}))
     if baseline is not None:  # each right after this tree's case, in every round
         for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
             at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)

@@ -1,6 +1,7 @@
 """BuildPlan: what goes into a function image, decided before any Docker or network work.
 
-`make_plan` reads the function's files (nothing else): which files land where in the image,
+`make_plan` reads the function's files (and pulsarfunc's own metadata, for the extras a
+function may list: `pulsarfunc[otel]`), nothing else: which files land where in the image,
 which handler the entrypoint loads, the declared requirements and the labels. Everything after
 it (staging wheels, rendering, the build) works from the plan alone.
 
@@ -26,7 +27,11 @@ from pathlib import Path, PurePosixPath
 from pulsarfunc._version import __version__
 from pulsarfunc.builder.errors import PlanError
 from pulsarfunc.builder.ignore import DEFAULT_EXCLUDES, IgnoreRules, read_dockerignore
-from pulsarfunc.builder.requirements import read_project, read_requirements_file
+from pulsarfunc.builder.requirements import (
+    read_project,
+    read_requirements_file,
+    without_runtime,
+)
 
 __all__ = [
     "APP_DIR",
@@ -181,8 +186,8 @@ def _module_target(base: Path, module: str) -> Path:
 def _requirements(options: BuildOptions, root: Path, kind: SourceKind) -> tuple[str, ...]:
     """Requirements from --requirements, else the directory's pyproject + requirements.txt.
 
-    `pulsarfunc` itself is dropped: the runtime base provides it (and a function's pyproject
-    often lists it).
+    `pulsarfunc` itself is dropped (the runtime base provides it, and a function's pyproject
+    often lists it), but not its extras: `pulsarfunc[otel]` becomes OpenTelemetry's packages.
     """
     found: list[str] = []
     if options.requirements is not None:
@@ -196,8 +201,7 @@ def _requirements(options: BuildOptions, root: Path, kind: SourceKind) -> tuple[
         found = list(read_project(root / "pyproject.toml").dependencies)
         if (root / "requirements.txt").is_file():
             found += read_requirements_file(root / "requirements.txt")
-    kept = [r for r in found if _dist_name(r) != "pulsarfunc"]
-    return tuple(dict.fromkeys(kept))
+    return without_runtime(found)
 
 
 # pulsar-client's `avro` extra (fastavro): the image gets it only when the function uses AVRO

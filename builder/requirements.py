@@ -1,15 +1,22 @@
 """A function's declared dependencies, read from `requirements.txt` and/or `pyproject.toml`.
 
 Only what pip can resolve to wheels on the host belongs here; editable installs, nested
-requirement files and local paths are refused up front with a clear error.
+requirement files and local paths are refused up front with a clear error. `pulsarfunc` itself
+is in the runtime base image: a function that lists it gets only the extras it names
+(`pulsarfunc[otel]`), as this pulsarfunc declares them.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from pulsarfunc.builder.errors import PlanError
 
@@ -18,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["ProjectMeta", "read_project", "read_requirements_file"]
+__all__ = ["ProjectMeta", "read_project", "read_requirements_file", "without_runtime"]
 
 #: pip options that may appear in a requirements file (they only steer where wheels come from).
 _ALLOWED_OPTIONS = ("--index-url", "--extra-index-url", "--find-links", "-i ", "--pre")
@@ -80,3 +87,58 @@ def read_project(path: Path) -> ProjectMeta:
         version=version if isinstance(version, str) else "",
         dependencies=tuple(d.strip() for d in deps if d.strip()),
     )
+
+
+def without_runtime(
+    requirements: Sequence[str],
+    declared: Sequence[str] | None = None,
+    extras: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    """`requirements` with `pulsarfunc` replaced by the requirements of the extras it names.
+
+    The runtime base image has pulsarfunc already, without extras: `pulsarfunc[otel]` stands
+    for OpenTelemetry's packages, plain `pulsarfunc` for nothing. `declared` and `extras` are
+    pulsarfunc's own requirements and extras (default: this installation's metadata, the
+    runtime the base image holds).
+    """
+    if declared is None or extras is None:
+        meta = importlib.metadata.metadata("pulsarfunc")
+        declared = meta.get_all("Requires-Dist") or []
+        extras = meta.get_all("Provides-Extra") or []
+    kept: list[str] = []
+    for line in requirements:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:  # pip's own options pass through as they are
+            kept.append(line)
+            continue
+        if canonicalize_name(requirement.name) != "pulsarfunc":
+            kept.append(line)
+            continue
+        unknown = sorted(requirement.extras - set(extras))
+        if unknown:
+            raise PlanError(
+                f"{line!r}: pulsarfunc has no extra {unknown[0]!r}",
+                hint=f"its extras are {', '.join(extras)}: pulsarfunc[otel] adds tracing",
+            )
+        kept += _extra_requirements(requirement.extras, declared)
+    return tuple(dict.fromkeys(kept))
+
+
+def _extra_requirements(wanted: set[str], declared: Sequence[str]) -> list[str]:
+    """The requirements of pulsarfunc's `wanted` extras (an extra naming another: both)."""
+    found: list[str] = []
+    todo, seen = sorted(wanted), set(wanted)
+    while todo:
+        extra = todo.pop(0)
+        for line in declared:
+            dep = Requirement(line)
+            if dep.marker is None or not dep.marker.evaluate({"extra": extra}):
+                continue
+            dep.marker = None
+            if canonicalize_name(dep.name) != "pulsarfunc":
+                found.append(str(dep))
+            for more in sorted(dep.extras - seen):
+                todo.append(more)
+                seen.add(more)
+    return found

@@ -182,6 +182,7 @@ class FunctionConfig:
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
     metrics_port: int | None = None
+    tracing: bool = False  # OpenTelemetry spans per message (the `otel` extra; OTEL_* env)
     debug: bool = False
 
     @property

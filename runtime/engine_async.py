@@ -149,30 +149,23 @@ class AsyncEngine:
                 await asyncio.wait([previous])  # same key: strictly one after the other
             assert self._slots is not None
             async with self._slots:
-                msg = ticket.msg
-                try:
-                    value = core.invoker.decode(msg)
-                    outputs = await core.invoker.call_async(Context(core.env, msg, ticket), value)
-                except Exception as exc:
-                    core.settler.fail(ticket, exc)
-                else:
-                    for out in outputs:
-                        self._queue_output(ticket, out)
+                await core.invoker.process_async(
+                    Context(core.env, ticket.msg, ticket),
+                    lambda out: self._queue_output(ticket, out),
+                    lambda exc: core.settler.fail(ticket, exc),
+                )
         finally:
             core.tracker.release(ticket)  # the handler's part is done, however it ended
 
     # -- outputs -----------------------------------------------------------------------------------
     def _queue_output(self, ticket: Ticket, value: object) -> None:
         """Outputs of the tasks that ran in one pass of the loop go to the broker together,
-        in one `send_batch` per producer with one receipt (no callback per output)."""
+        in one `send_batch` per producer with one receipt (no callback per output). An
+        output that cannot be built raises: its message fails (`Invoker.process_async`)."""
         outputs = self.core.outputs
         if not outputs.topic:
             return
-        try:
-            out = outputs.build(ticket.msg, value, ticket.outputs)
-        except Exception as exc:
-            self.core.settler.fail(ticket, exc)
-            return
+        out = outputs.build(ticket.msg, value, ticket.outputs)
         ticket.outputs += 1
         tracked = self._tracks and self.core.tracker.hold(ticket)
         self._outbox.append(out)

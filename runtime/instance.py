@@ -25,9 +25,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import FunctionEnv, SecretsProvider
+from pulsarfunc.runtime.context import Services as ContextServices
 from pulsarfunc.runtime.engine import (
     Core,
     Engine,
@@ -50,6 +52,9 @@ from pulsarfunc.runtime.settle import Settler, dead_letter_topics
 from pulsarfunc.runtime.state import StateStore
 from pulsarfunc.runtime.tracker import Tracker
 from pulsarfunc.runtime.transport import Broker
+
+if TYPE_CHECKING:
+    from pulsarfunc.runtime.tracing import Tracing
 
 _log = logging.getLogger("pulsarfunc.instance")
 _SWAP_REPORT_S = 5.0  # how often a swap waiting for messages in flight says so
@@ -113,6 +118,7 @@ class Instance:
         logger: logging.Logger | None = None,
         wire: Wire | None = None,
         state: StateStore | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
@@ -128,9 +134,17 @@ class Instance:
         settler = Settler(config, broker, self.metrics, tracker, in_order=ordered(config))
         tracks = config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._services = Services(broker, tracker, self.metrics, tracks)
+        services: ContextServices = self._services
+        if tracing is None:
+            invoker = Invoker.for_config(handler, config, self.concurrency, wire)
+            outputs = Outputs.for_config(config, handler, wire)
+        else:  # chosen once: without tracing, no traced code runs at all
+            invoker = tracing.invoker(handler, config, self.concurrency, wire)
+            outputs = tracing.outputs(config, handler, wire)
+            services = tracing.services(services)
         env = FunctionEnv(
             config=config,
-            services=self._services,
+            services=services,
             logger=logger or logging.getLogger(f"pulsarfunc.function.{config.name}"),
             secrets=secrets or (lambda name: None),
             state=state,
@@ -138,8 +152,8 @@ class Instance:
         self.core = Core(
             config=config,
             broker=broker,
-            invoker=Invoker.for_config(handler, config, self.concurrency, wire),
-            outputs=Outputs.for_config(config, handler, wire),
+            invoker=invoker,
+            outputs=outputs,
             tracker=tracker,
             settler=settler,
             receiver=Receiver(config, broker, settler, self.metrics),
@@ -149,6 +163,7 @@ class Instance:
             stopping=threading.Event(),
         )
         self._wire = wire
+        self._tracing = tracing
         self._hooks = (tracker.on_ready, tracker.on_parked)  # as no engine has set them
         self.engine = choose_engine(self.core, handler)
         self._started = threading.Event()
@@ -326,10 +341,17 @@ class Instance:
         """The instance's core with `handler`'s invoker and outputs, and fresh stop events."""
         core = self.core
         concurrency = effective_concurrency(core.config, handler.is_async)
+        tracing = self._tracing  # a traced instance stays traced across reloads
+        if tracing is None:
+            invoker = Invoker.for_config(handler, core.config, concurrency, wire)
+            outputs = Outputs.for_config(core.config, handler, wire)
+        else:
+            invoker = tracing.invoker(handler, core.config, concurrency, wire)
+            outputs = tracing.outputs(core.config, handler, wire)
         return dataclasses.replace(
             core,
-            invoker=Invoker.for_config(handler, core.config, concurrency, wire),
-            outputs=Outputs.for_config(core.config, handler, wire),
+            invoker=invoker,
+            outputs=outputs,
             concurrency=concurrency,
             stopping=threading.Event(),
             handover=threading.Event(),

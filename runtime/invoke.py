@@ -6,6 +6,10 @@ Every engine calls handlers through an `Invoker`, and so does `pulsarfunc.testin
     call(ctx, value)              -> outputs  any handler; an async one runs to completion here
     await call_async(ctx, value)  -> outputs  an async handler, on the caller's event loop
     call_each(msgs, cursor, put, fail)        decode and `call` each message of a group, in order
+    await process_async(ctx, put, fail)       decode and `call_async` one message (async engine)
+
+`call_each` and `process_async` are the engines' only ways in: `--tracing` swaps in a subclass
+(`tracing.TracedInvoker`) that wraps each message in its span, chosen once at start.
 
 The rules, the same on every path:
 - the Context is current (`current_context()`) for the whole call, the iteration of a generator
@@ -143,7 +147,7 @@ class Invoker:
         try:
             return self._collect(self._call(ctx, value))
         except asyncio.CancelledError as exc:
-            raise _cancelled() from exc
+            raise handler_cancelled() from exc
 
     def _collect(self, result: Any) -> list[Any]:
         """A sync handler's outputs from what it returned: an awaitable is awaited, a
@@ -170,9 +174,21 @@ class Invoker:
             cancelling = getattr(task, "cancelling", None)  # Python 3.11+
             if cancelling is not None and cancelling():
                 raise  # the engine cancels this call (the instance gave it up): not a failure
-            raise _cancelled() from exc
+            raise handler_cancelled() from exc
         finally:
             ctxmod.unbind(token)
+
+    async def process_async(
+        self, ctx: Context, put: Callable[[Any], None], fail: Callable[[Exception], None]
+    ) -> None:
+        """The async engine's one message: decode `ctx.message`, `call_async`, each output to
+        `put`; the first failure (decoding, the handler, an output `put` refuses) to `fail`."""
+        try:
+            value = self.decode(ctx.message)
+            for out in await self.call_async(ctx, value):
+                put(out)
+        except Exception as exc:
+            fail(exc)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
@@ -224,12 +240,12 @@ class Invoker:
                 if stop_at_failure:
                     return
             except asyncio.CancelledError:
-                fail(index, _cancelled())
+                fail(index, handler_cancelled())
                 if stop_at_failure:
                     return
 
 
-def _cancelled() -> HandlerCancelledError:
+def handler_cancelled() -> HandlerCancelledError:
     return HandlerCancelledError(
         "the handler raised asyncio.CancelledError",
         "a cancelled inner task propagated out of the handler: catch it there, or let the "

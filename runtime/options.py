@@ -309,6 +309,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--metrics-port", "metrics_port", _OPS,
            "serve Prometheus metrics on this port (0: any free port; default: off)", "PORT",
            "a port number, 0-65535", _integer),
+    Option("--tracing", "tracing", _OPS,
+           "trace each message with OpenTelemetry (needs pulsarfunc[otel]; exporter, endpoint "
+           "and service name from the standard OTEL_* variables)", allowed=_BOOL, kind="bool"),
     Option("--debug", "debug", _OPS, "show tracebacks of errors", allowed=_BOOL, kind="bool"),
     Option("--function-config", "function_config", _FILES,
            "pulsar-admin function-config YAML file", "FILE", "a YAML file"),

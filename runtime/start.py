@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pulsarfunc.runtime.config import FunctionConfig
-from pulsarfunc.runtime.errors import HandlerError, PulsarFuncError
+from pulsarfunc.runtime.errors import HandlerError, PulsarFuncError, UserError
 from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.logs import setup_logging
 from pulsarfunc.runtime.naming import function_id
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 Attach = Callable[["Instance"], contextlib.AbstractContextManager[object]]
 """Something to run beside the instance while it runs (`--watch`: the file watcher)."""
+
+if TYPE_CHECKING:
+    from pulsarfunc.runtime.tracing import Tracing
 
 _log = logging.getLogger("pulsarfunc")
 
@@ -90,7 +93,10 @@ def run(
     for line in wire.describe():
         _log.info("  %s", line)
     metrics = Metrics()
-    with contextlib.ExitStack() as ops:  # closes in reverse: attached, log topic, broker, server
+    tracing = start_tracing(config, env or {})  # before connecting: a missing extra is exit 2
+    with contextlib.ExitStack() as ops:  # closes in reverse: attached, log topic, broker, spans
+        if tracing is not None:
+            ops.callback(tracing.close)  # the last spans are exported before the process exits
         server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
         state = open_state(config)  # unreachable: the start fails here, with the reason
         broker = PulsarBroker(config, wire)
@@ -104,6 +110,7 @@ def run(
             metrics=metrics,
             wire=wire,
             state=state,
+            tracing=tracing,
         )
         if server is not None:
             server.watch(instance)
@@ -137,6 +144,22 @@ def run(
             snap.dead_lettered,
         )
     return drained
+
+
+def start_tracing(config: FunctionConfig, env: Mapping[str, str]) -> Tracing | None:
+    """The instance's tracing with --tracing, else None (and OpenTelemetry is not imported)."""
+    if not config.tracing:
+        return None
+    try:
+        from pulsarfunc.runtime.tracing import configure
+    except ImportError as exc:
+        if not (exc.name or "").startswith("opentelemetry"):
+            raise
+        raise UserError(
+            "--tracing needs OpenTelemetry, which is not installed: pip install "
+            "'pulsarfunc[otel]' (in an image: list pulsarfunc[otel] in requirements.txt)"
+        ) from None
+    return configure(config, env)
 
 
 def _on_signals(stop: Callable[[], None]) -> Callable[[], None]:

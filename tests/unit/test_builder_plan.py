@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from pulsarfunc.builder.errors import PlanError
 from pulsarfunc.builder.plan import AVRO_REQUIREMENT, BuildOptions, SourceKind, make_plan
+from pulsarfunc.builder.requirements import without_runtime
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -102,6 +104,57 @@ def test_requirements_merge_pyproject_and_requirements_txt(tmp_path: Path) -> No
     assert plan.title == "demo"
     assert plan.labels["org.opencontainers.image.revision"] == "abc123"
     assert plan.labels["io.pulsarfunc.runtime.version"]
+
+
+def test_pulsarfunc_with_the_otel_extra_brings_opentelemetry_into_the_image(
+    tmp_path: Path,
+) -> None:
+    _write(
+        tmp_path,
+        {
+            "main.py": "",
+            "pyproject.toml": '[project]\nname = "demo"\n'
+            'dependencies = ["pulsarfunc[otel]>=0.1"]\n',
+            "requirements.txt": "requests\nPulsarFunc\n",
+        },
+    )
+    plan = make_plan(BuildOptions(path=tmp_path, tag="t"))
+    otel = [r for r in plan.requirements if r.startswith("opentelemetry")]
+    # the extra as this pulsarfunc declares it (pyproject.toml's `otel`), without its marker
+    declared = {
+        r.partition(";")[0].replace(" ", "")
+        for r in importlib.metadata.requires("pulsarfunc") or []
+        if r.endswith('extra == "otel"')
+    }
+    assert {r.replace(" ", "") for r in otel} == declared
+    assert {r.split("<")[0] for r in otel} == {
+        "opentelemetry-api",
+        "opentelemetry-sdk",
+        "opentelemetry-exporter-otlp-proto-http",
+    }
+    assert plan.requirements == (*otel, "requests")  # pulsarfunc itself: in the base image
+
+
+def test_extras_are_expanded_from_pulsarfuncs_own_declaration() -> None:
+    declared = [
+        "pulsar-client<4,>=3.5",
+        'opentelemetry-sdk<2,>=1.35; extra == "otel"',
+        'pulsarfunc[otel]; extra == "dev"',
+        'pytest>=8; extra == "dev"',
+    ]
+    extras = ["otel", "dev"]
+    assert without_runtime(["a", "pulsarfunc"], declared, extras) == ("a",)
+    assert without_runtime(["pulsarfunc[otel]"], declared, extras) == (
+        "opentelemetry-sdk<2,>=1.35",
+    )
+    assert without_runtime(["pulsarfunc[dev]", "--pre"], declared, extras) == (
+        "pytest>=8",
+        "opentelemetry-sdk<2,>=1.35",
+        "--pre",
+    )
+    with pytest.raises(PlanError, match="no extra 'otle'") as info:
+        without_runtime(["pulsarfunc[otle]"], declared, extras)
+    assert "pulsarfunc[otel]" in info.value.hint
 
 
 @pytest.mark.parametrize(

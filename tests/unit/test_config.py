@@ -102,6 +102,7 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--log-format", "JSON", "log_format", LogFormat.JSON),
     ("--log-topic", "t/n/logs", "log_topic", "persistent://t/n/logs"),
     ("--metrics-port", "9100", "metrics_port", 9100),
+    ("--tracing", None, "tracing", True),
     ("--debug", None, "debug", True),
     ("--function-config", "word-count.yaml", "name", "word-count"),
     ("--function-details", '{"name": "from-details"}', "name", "from-details"),
