@@ -9,12 +9,15 @@ start(exclaim)
 """
 
 from pulsarfunc._version import __version__
+from pulsarfunc.runtime.batching import Batch, BatchItemFailures
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import Context, current_context
 from pulsarfunc.runtime.errors import PulsarFuncError, UserError
 from pulsarfunc.runtime.start import start
 
 __all__ = [
+    "Batch",
+    "BatchItemFailures",
     "Context",
     "FunctionConfig",
     "ProcessingGuarantee",

@@ -35,9 +35,11 @@ from pulsarfunc.runtime.engine import (
 )
 from pulsarfunc.runtime.engine_async import AsyncEngine
 from pulsarfunc.runtime.engine_batch import BatchEngine
+from pulsarfunc.runtime.engine_batching import BatchingEngine, batch_concurrency, batched
 from pulsarfunc.runtime.engine_ordered import OrderedEngine
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.invoke import Invoker
+from pulsarfunc.runtime.invoke_batch import BatchInvoker
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.schemas import Wire, wire_for
@@ -50,6 +52,8 @@ _log = logging.getLogger("pulsarfunc.instance")
 
 def choose_engine(core: Core, handler: Handler) -> Engine:
     """The engine for this handler and configuration (see `engine.py`)."""
+    if handler.batch_size:
+        return BatchingEngine(core, handler.batch_size)
     if ordered(core.config):
         return OrderedEngine(core, lanes=1)
     if handler.is_async:
@@ -74,10 +78,15 @@ class Instance:
         wire: Wire | None = None,
     ) -> None:
         self.config = config
+        handler = batched(handler, config)
         wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
         self.broker = broker
         self.metrics = metrics or Metrics()
-        self.concurrency = effective_concurrency(config, handler.is_async)
+        self.concurrency = (
+            batch_concurrency(config)
+            if handler.batch_size
+            else effective_concurrency(config, handler.is_async)
+        )
         if ordered(config) and config.concurrency > 1:
             _log.warning(
                 "concurrency %d lowered to 1: retain-ordering/effectively-once keep input order",
@@ -96,7 +105,9 @@ class Instance:
         self.core = Core(
             config=config,
             broker=broker,
-            invoker=Invoker.for_config(handler, config, self.concurrency, wire),
+            invoker=(BatchInvoker if handler.batch_size else Invoker).for_config(
+                handler, config, self.concurrency, wire
+            ),
             outputs=Outputs.for_config(config, handler, wire),
             tracker=tracker,
             settler=settler,

@@ -59,12 +59,14 @@ def run(
     with messages left (negatively acknowledged for redelivery).
     """
     from pulsarfunc.runtime.broker import PulsarBroker
+    from pulsarfunc.runtime.engine_batching import batched
     from pulsarfunc.runtime.exposition import serving
     from pulsarfunc.runtime.instance import Instance
     from pulsarfunc.runtime.logtopic import publishing_logs
     from pulsarfunc.runtime.metrics import Metrics
 
     spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
+    spec = batched(spec, config)  # before connecting: a handler that cannot batch fails here
     config = complete(config, spec)
     setup_logging(config)
     wire = wire_for(config, spec.input_codec, spec.output_codec)

@@ -84,6 +84,8 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--redelivery-delay-ms", "250", "redelivery_delay_ms", 250),
     ("--timeout-ms", "5000", "timeout_ms", 5000),
     ("--drain-timeout-ms", "0", "drain_timeout_ms", 0),
+    ("--batch-max-size", "50", "batch_max_size", 50),
+    ("--batch-max-delay-ms", "0", "batch_max_delay_ms", 0),
     ("--user-config", '{"a": [1, 2]}', "user_config", {"a": [1, 2]}),
     ("--secrets", '{"pw": "PASSWORD_VAR"}', "secrets", {"pw": "PASSWORD_VAR"}),
     ("--log-level", "warn", "log_level", "WARNING"),
