@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import operator
 import types
 import typing
 from collections import abc
@@ -400,7 +401,16 @@ def _batch_output(annotation: Any) -> Codec:
             f"a batch handler's return annotation {_label(annotation)} is not a list",
             "annotate it as list[X]: one output per input, X each output's type",
         )
-    return _output_codec(list_element(annotation), False)
+    element = list_element(annotation)
+    if typing.get_origin(element) in (typing.Union, types.UnionType):  # drop `| Exception`
+        kept = [a for a in typing.get_args(element) if not _is_exception(a)]
+        element = functools.reduce(operator.or_, kept) if kept else Any
+    return AUTO if _is_exception(element) else _output_codec(element, False)
+
+
+def _is_exception(annotation: Any) -> bool:
+    """An exception type: what a batch handler returns in a failed item's place."""
+    return isinstance(annotation, type) and issubclass(annotation, BaseException)
 
 
 def _pulsar_order(required: list[inspect.Parameter], is_ctx: list[bool]) -> bool:
@@ -526,7 +536,12 @@ def _name(obj: Any) -> str:
 
 
 def _label(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else type_label(annotation)
+    if isinstance(annotation, str):
+        return annotation
+    element = batch_element(annotation)
+    if element is not None:
+        return f"Batch[{_label(element)}]"
+    return type_label(annotation)
 
 
 def _format(name: str, sig: inspect.Signature, hints: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ settled first, and the items after it are called again behind it, in a later bat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pulsarfunc.runtime.batching import BatchItemError, BatchItemFailures, BatchResultError
@@ -29,6 +29,9 @@ from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.invoke import Fail, Invoker, Put
 from pulsarfunc.runtime.schemas import Wire
 from pulsarfunc.runtime.transport import InMessage
+
+Call = Callable[[Context, Any], list[Any]]
+"""Calls the handler with its Context and input (the list), to its outputs (see `Invoker`)."""
 
 _HINT = (
     "return a list with one entry per input, in order: the output, None for no output, or an "
@@ -63,13 +66,14 @@ class BatchInvoker(Invoker):
         assert isinstance(invoker, BatchInvoker)
         return invoker
 
-    def outcomes(self, ctx: Context, values: list[Any]) -> list[Any]:
+    def outcomes(self, ctx: Context, values: list[Any], call: Call | None = None) -> list[Any]:
         """Each item's outcome, in order: its output (None: none) or its exception.
 
         Raised: what fails the whole batch (the handler's own exception, BatchResultError).
+        `call` calls the handler instead of `self.call` (`pulsarfunc.testing`: its own loop).
         """
         try:
-            returned = self.call(ctx, values)
+            returned = (call or self.call)(ctx, values)
         except BatchItemFailures as failures:
             return _failed_items(failures, len(values))
         result = returned[0] if returned else None
