@@ -19,7 +19,8 @@ Python instance (python_instance_main.py of $PULSAR_HOME, in a venv of its own u
 ~/.cache/pulsarfunc); (d) cold start, from `docker run` / `pulsarfunc run` to the first output;
 (e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64;
 (f) the same trivial function on a ~100-byte record under a JSON and an AVRO schema (issue 13:
-drain only, beside the bytes case).
+drain only, beside the bytes case); (g) a batch handler returning each input (issue 14: 100
+inputs a call, drains at 1x or better of the sync default).
 With --baseline REF, the old commit runs beside this tree (issue 12): the same venv python runs
 `python -m pulsarfunc run`, sync and async at the default concurrency, from a git worktree of
 REF first on PYTHONPATH (bench/baseline.py; removed at exit) on this tree's bench/fns, each
@@ -350,6 +351,7 @@ def cold_start(broker: Broker, start: Start, repeats: int) -> Figures:
 
 SYNC_DEFAULT = "b pulsarfunc run, sync, default concurrency"
 ASYNC_DEFAULT = "b pulsarfunc run, async, default concurrency"
+BATCH_ECHO = "g pulsarfunc run, batch handler returning each input"
 
 
 def baseline_case(short: str, case: str) -> str:
@@ -434,6 +436,8 @@ def verdicts(
     for label, case in (("image", "b image, sync, default concurrency"), ("async", ASYNC_DEFAULT)):
         ratio = _ratio(med(case, "rates"), lim)
         add(f"b/a: {label} default vs batched limit (msg/s)", ratio, "(info)", None)
+    ratio = _ratio(med(BATCH_ECHO, "rates"), ours)  # issue 14: fewer calls, no slower
+    add("g/b: batch handler vs sync default (msg/s)", ratio, ">= 1", _at_least(ratio, 1.0))
     ratio = _ratio(ours, pulsar)
     add("b/c: sync default vs Pulsar's instance (msg/s)", ratio, ">= 10", _at_least(ratio, 10))
     p99_ours, p99_lim = med(SYNC_DEFAULT, "p99s"), med(limit, "p99s")
@@ -518,6 +522,7 @@ def main(argv: Sequence[str]) -> int:
         start = localrun("schema_echo", dflt, workdir, schema=schema)
         options = {"latency": False, "payload": SchemaPayloads.of(schema)}
         cases.append((f"f pulsarfunc run, {schema} schema, default concurrency", start, options))
+    cases.append((BATCH_ECHO, localrun("echo_batch", dflt, workdir), {}))  # issue 14
     if baseline is not None:  # each right after this tree's case, in every round
         for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
             at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
