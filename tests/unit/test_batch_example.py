@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pulsarfunc import Batch, BatchItemFailures, Context
+from pulsarfunc import Batch, BatchItemFailures, Context, cli
 from pulsarfunc.runtime.batching import BatchResultError
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.discovery import load
 from pulsarfunc.testing import run_function
 
+PULSARFUNC = str(Path(sys.executable).with_name("pulsarfunc"))
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "batch-upper"
 
 
@@ -83,3 +86,36 @@ def test_at_most_once_acks_every_input_of_a_batch_on_receipt() -> None:
     result = run_function(fails_all, ["a", "b"], config=config)
     assert result.acked == [0, 1]
     assert len(result.errors) == 2
+
+
+def test_check_names_the_batch_form(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "sync batch handler (function) handler(items: Batch[str])" in out
+    assert "up to 100 inputs a call, each input str, each output str" in out
+
+
+@pytest.mark.parametrize(
+    ("source", "flags", "fragment"),
+    [
+        ("def handler(text: str) -> str:\n    return text\n", [], "takes str, not a list"),
+        (
+            "from pulsarfunc import Batch\n\ndef handler(items: Batch[str]) -> list[str]:\n"
+            "    return items\n",
+            ["--processing-guarantees", "MANUAL"],
+            "MANUAL",
+        ),
+    ],
+)
+def test_a_handler_that_cannot_batch_stops_the_start_with_exit_2(
+    tmp_path: Path, source: str, flags: list[str], fragment: str
+) -> None:
+    (tmp_path / "handler.py").write_text(source)
+    argv = [PULSARFUNC, "run", str(tmp_path), "--inputs", "in", "--batch-max-size", "5", *flags]
+    argv += ["--service-url", "pulsar://127.0.0.1:1"]  # never reached: fails before connecting
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    err = done.stderr
+    assert done.returncode == 2, err
+    assert err.startswith("pulsarfunc: error: ")
+    assert fragment in err
+    assert "Traceback" not in err
