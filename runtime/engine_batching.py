@@ -1,11 +1,13 @@
 """The batching engine, for batch handlers: groups of up to N messages, gathered within a delay.
 
 A batch handler (`batching.py`) runs when --batch-max-size N is set or its input is annotated
-`Batch[T]` (N = 100). Each thread takes up to N messages from the consumer, waits at most
---batch-max-delay-ms for the batch to fill (then calls with what it has), and runs it as one
-group (`groups.py`) through the batch handler's invoker (`invoke_batch.py`): outputs are sent
-and the group settled in order as for any handler, a failed item alone is retried or
-dead-lettered, and failed items come back later as a batch of their own.
+`Batch[T]` (N = 100). Each thread takes what the consumer holds, in whole batches of N (as
+many as the group runner's time budget allows, at least one), waits at most
+--batch-max-delay-ms for a batch that is not full to fill (then calls with what it has), and
+runs the lot as one group (`groups.py`) through the batch handler's invoker
+(`invoke_batch.py`), which calls the handler once per N messages: outputs are sent and the
+group settled in order as for any handler, a failed item alone is retried or dead-lettered,
+and failed items come back later as a batch of their own.
 
 Ordering, the choices made:
 - --retain-ordering and EFFECTIVELY_ONCE: batches in order, on one thread per source. A
@@ -109,7 +111,7 @@ class BatchingEngine(BatchEngine):
             runner.settle_all()
             time.sleep(0.01)  # retries pile up: take nothing new until they are done
         else:
-            batch = self._gather(source)
+            batch = self._gather(source, runner.limit)
             if batch:
                 with self._turn():
                     runner.run(batch)
@@ -123,7 +125,7 @@ class BatchingEngine(BatchEngine):
         tracker, now = self.core.tracker, time.monotonic()
         next_due = tracker.next_due(source, in_order=True)
         if next_due is None:
-            batch = self._gather(source)
+            batch = self._gather(source, runner.limit)
             if batch:
                 runner.run(batch)
             elif runner.pending:
@@ -134,17 +136,22 @@ class BatchingEngine(BatchEngine):
             runner.settle_all()
             self.core.stopping.wait(min(next_due - now, 0.1))
 
-    def _gather(self, source: Source) -> list[InMessage]:
-        """Up to `size` messages: what the consumer holds, then what comes within the delay
-        after the first one."""
-        receiver, stopping = self.core.receiver, self.core.stopping
-        batch = list(receiver.take(source, self.size, RECEIVE_TIMEOUT_MS))
+    def _gather(self, source: Source, limit: int) -> list[InMessage]:
+        """A group of whole batches: what the consumer holds, up to `limit` messages (the
+        group runner's time budget) rounded down to whole batches, at least one batch; when
+        that is less than one full batch, also what comes within the delay after the first.
+
+        A backlog is taken many batches a group (the invoker calls the handler per batch), so
+        sends and acknowledgements stay as few as for single-message handlers."""
+        receiver, stopping, size = self.core.receiver, self.core.stopping, self.size
+        most = max(size, limit // size * size)
+        batch = list(receiver.take(source, most, RECEIVE_TIMEOUT_MS))
         if not batch:
             return batch
         deadline = time.monotonic() + self.delay_s
-        while len(batch) < self.size and not stopping.is_set():
+        while len(batch) < size and not stopping.is_set():
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 break
-            batch += receiver.take(source, self.size - len(batch), left_ms)
+            batch += receiver.take(source, size - len(batch), left_ms)
         return batch

@@ -78,6 +78,17 @@ def test_the_batch_max_size_flag_bounds_a_batch_and_list_t_is_per_item() -> None
     assert payloads(broker) == [str(2 * i).encode() for i in range(20)]
 
 
+def test_a_backlog_is_taken_many_batches_a_group_so_sends_stay_few() -> None:
+    broker = FakeBroker()
+    feed(broker, 1000)
+    handler = Recorder()
+    with started(handler, broker, batch_max_size=10):
+        wait_for(lambda: len(broker.sources[0].acked) == 1000)
+    assert max(len(c) for c in handler.calls) == 10
+    assert len(handler.calls) >= 100
+    assert broker.batches < 20  # one send_batch per group of batches, not one per batch
+
+
 def test_none_in_an_item_s_place_means_no_output_and_the_item_is_acked() -> None:
     broker = FakeBroker()
     feed(broker, 10)
