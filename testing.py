@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -378,7 +379,7 @@ def _run_batches(
             ctx = Context(env, first, Ticket(source, first))
             try:
                 outcomes = invoker.outcomes(
-                    ctx,
+                    functools.partial(_same, ctx),
                     [result.input for _, result in batch],
                     lambda ctx, values: call(invoker, ctx, values),
                 )
@@ -397,6 +398,10 @@ def _run_batches(
                     result.outputs.append(outcome)
                 if guarantee in ACKED_ON_SUCCESS:
                     source.ack(raw)
+
+
+def _same(ctx: Context) -> Context:
+    return ctx
 
 
 def _payload(invoker: Invoker, topic: str, value: Any) -> bytes:

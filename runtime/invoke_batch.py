@@ -19,6 +19,7 @@ settled first, and the items after it are called again behind it, in a later bat
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from pulsarfunc.runtime.batching import BatchItemError, BatchItemFailures, Batch
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.context import Context, Cursor
 from pulsarfunc.runtime.handler import Handler
-from pulsarfunc.runtime.invoke import Fail, Invoker, Put
+from pulsarfunc.runtime.invoke import Fail, Invoker, Put, _cancelled
 from pulsarfunc.runtime.schemas import Wire
 from pulsarfunc.runtime.transport import InMessage
 
@@ -52,7 +53,8 @@ class BatchInvoker(Invoker):
     ) -> None:
         super().__init__(handler, timeout_ms=timeout_ms, wire=wire, concurrency=concurrency)
         self.size = max(1, handler.batch_size)
-        self._plain = None  # never the per-message fast path
+        # `_plain`, set when the handler takes its input alone (sync, no timeout), is called
+        # with the list directly: no Context unless `current_context()` asks the cursor.
 
     @classmethod
     def for_config(
@@ -66,14 +68,21 @@ class BatchInvoker(Invoker):
         assert isinstance(invoker, BatchInvoker)
         return invoker
 
-    def outcomes(self, ctx: Context, values: list[Any], call: Call | None = None) -> list[Any]:
+    def outcomes(
+        self, ctx: Callable[[], Context], values: list[Any], call: Call | None = None
+    ) -> list[Any]:
         """Each item's outcome, in order: its output (None: none) or its exception.
 
         Raised: what fails the whole batch (the handler's own exception, BatchResultError).
-        `call` calls the handler instead of `self.call` (`pulsarfunc.testing`: its own loop).
+        `ctx` makes the batch's Context, when the handler takes one. `call` calls the handler
+        instead of `self.call` (`pulsarfunc.testing`: its own loop).
         """
+        plain = self._plain
         try:
-            returned = (call or self.call)(ctx, values)
+            if call is None and plain is not None:
+                returned = self._outputs_of(plain, values)
+            else:
+                returned = (call or self.call)(ctx(), values)
         except BatchItemFailures as failures:
             return _failed_items(failures, len(values))
         result = returned[0] if returned else None
@@ -90,6 +99,14 @@ class BatchInvoker(Invoker):
                 _HINT,
             )
         return list(result)
+
+    def _outputs_of(self, plain: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+        """`call`'s outputs, for a sync handler taking its input alone (the context is the
+        cursor the group runner bound)."""
+        try:
+            return self._collect(plain(values))
+        except asyncio.CancelledError as exc:
+            raise _cancelled() from exc
 
     def call_each(
         self,
@@ -117,23 +134,29 @@ class BatchInvoker(Invoker):
         stop: bool,
     ) -> bool:
         """One call of the handler; False when a failure stops the group (`stop`)."""
-        indexes: list[int] = []
-        values: list[Any] = []
+        decode = self.decode
+        indexes: Sequence[int] = span
         undecoded: tuple[int, Exception] | None = None
-        for index in span:
-            try:
-                values.append(self.decode(msgs[index]))
-                indexes.append(index)
-            except Exception as exc:
-                if stop:
-                    undecoded = (index, exc)  # the items before it are called first
-                    break
-                fail(index, exc)
+        try:  # the common case: every item decodes
+            values = [decode(msgs[index]) for index in span]
+        except Exception:  # then item by item: one that cannot be decoded fails alone
+            kept: list[int] = []
+            values = []
+            for index in span:
+                try:
+                    values.append(decode(msgs[index]))
+                    kept.append(index)
+                except Exception as exc:
+                    if stop:
+                        undecoded = (index, exc)  # the items before it are called first
+                        break
+                    fail(index, exc)
+            indexes = kept
         if indexes:
             cursor.index = indexes[0]
             cursor.ctx = None
             try:
-                outcomes = self.outcomes(cursor.context(), values)
+                outcomes = self.outcomes(cursor.context, values)
             except Exception as exc:  # not per item: every item fails (`call` turns a
                 for index in indexes[:1] if stop else indexes:  # CancelledError into one)
                     fail(index, exc)

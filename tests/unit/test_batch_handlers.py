@@ -323,6 +323,21 @@ def test_an_async_batch_handler_with_the_context_first() -> None:
     assert payloads(broker) == [f"m{i}@{first}".encode() for i in range(4)]
 
 
+def test_current_context_in_a_batch_handler_without_a_context_parameter() -> None:
+    broker = FakeBroker()
+    msgs = feed(broker, 5)
+
+    def tagged(items: Batch[str]) -> list[str]:
+        ctx = current_context()
+        assert ctx is current_context()  # one Context for the whole call
+        return [f"{i}@{ctx.get_message_id().entry_id()}" for i in items]
+
+    with started(tagged, broker, batch_max_size=5):
+        wait_for(lambda: len(broker.sources[0].acked) == 5)
+    first = msgs[0].mid.entry
+    assert payloads(broker) == [f"m{i}@{first}".encode() for i in range(5)]
+
+
 def test_a_batch_handler_s_publish_holds_the_first_item_until_persisted() -> None:
     broker = FakeBroker()
     feed(broker, 3)
