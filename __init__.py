@@ -14,6 +14,7 @@ from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import Context, current_context
 from pulsarfunc.runtime.errors import PulsarFuncError, UserError
 from pulsarfunc.runtime.start import start
+from pulsarfunc.runtime.windows import WindowRecord
 
 __all__ = [
     "Batch",
@@ -23,6 +24,7 @@ __all__ = [
     "ProcessingGuarantee",
     "PulsarFuncError",
     "UserError",
+    "WindowRecord",
     "__version__",
     "current_context",
     "start",

@@ -53,6 +53,7 @@ def _run(argv: Sequence[str]) -> int:
 
 def _check(argv: Sequence[str]) -> int:
     from pulsarfunc.runtime.discovery import load
+    from pulsarfunc.runtime.errors import HandlerError
     from pulsarfunc.runtime.handler import ACCEPTED_FORMS, inspect_handler
     from pulsarfunc.runtime.start import report
 
@@ -61,10 +62,21 @@ def _check(argv: Sequence[str]) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         loaded = load(argv[0])
-        handler = inspect_handler(loaded.obj, where=loaded.where)
     except Exception as exc:
         return report(exc, debug=False)
+    try:
+        handler = inspect_handler(loaded.obj, where=loaded.where)
+    except HandlerError as exc:  # maybe a window function's (list[Record] items)
+        try:
+            window = inspect_handler(loaded.obj, where=loaded.where, window=True)
+        except HandlerError:
+            return report(exc, debug=False)
+        print(f"ok: {loaded.where}: {window.describe()} (needs a windowConfig)")
+        return 0
     print(f"ok: {loaded.where}: {handler.describe()}")
+    if handler.takes_input and handler.input_codec.name.startswith("JSON list"):
+        window = inspect_handler(loaded.obj, where=loaded.where, window=True)  # the same input
+        print(f"  with a windowConfig: {window.describe()}")
     return 0
 
 

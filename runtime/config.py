@@ -85,6 +85,33 @@ class ProducerSettings:
 
 
 @dataclass(frozen=True)
+class WindowSettings:
+    """Pulsar's WindowConfig (milliseconds and counts), plus pulsarfunc's own limits.
+
+    A window is configured when either length is set; a missing slide is the length (a tumbling
+    window), as Pulsar's `WindowConfigUtils.inferMissingArguments` makes it."""
+
+    window_length_count: int | None = None
+    window_length_duration_ms: int | None = None
+    sliding_interval_count: int | None = None
+    sliding_interval_duration_ms: int | None = None
+    late_data_topic: str = ""
+    max_lag_ms: int | None = None  # event time: how late data may be (Pulsar's default 0)
+    watermark_emit_interval_ms: int | None = None  # event time (Pulsar's default 1000)
+    timestamp_extractor_class_name: str = ""  # event time from the value: module.Class
+    use_event_time: bool = False  # event time from each message's event time (pulsarfunc)
+    max_window_messages: int | None = None  # held at most; None: 10 x receiver queue size
+
+    @property
+    def enabled(self) -> bool:
+        return self.window_length_count is not None or self.window_length_duration_ms is not None
+
+    @property
+    def event_time(self) -> bool:
+        return bool(self.timestamp_extractor_class_name) or self.use_event_time
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     """Broker authentication and TLS."""
 
@@ -144,6 +171,7 @@ class FunctionConfig:
     drain_timeout_ms: int = 30_000  # graceful stop's one deadline; then the rest is nacked
     batch_max_size: int = 0  # > 0: a batch handler, called with up to N inputs (batching.py)
     batch_max_delay_ms: int = 10  # longest a batch waits to fill before the handler is called
+    window: WindowSettings = field(default_factory=WindowSettings)  # window functions
 
     # the function itself
     user_config: Mapping[str, Any] = field(default_factory=frozen_map)

@@ -9,10 +9,11 @@ FunctionConfig (`Context.function_config`).
 from __future__ import annotations
 
 import json
-from typing import cast
+from typing import Any, cast
 
 from pulsarfunc.protos import Function_pb2 as pb
 from pulsarfunc.runtime.config import FunctionConfig, SubscriptionType
+from pulsarfunc.runtime.function_config_yaml import WINDOW_CONFIG_KEY
 
 _SUBSCRIPTIONS = {
     SubscriptionType.SHARED: pb.SHARED,
@@ -20,6 +21,32 @@ _SUBSCRIPTIONS = {
     SubscriptionType.KEY_SHARED: pb.KEY_SHARED,
     SubscriptionType.EXCLUSIVE: pb.FAILOVER,  # Function.proto has no EXCLUSIVE: one consumer
 }
+
+
+_WINDOW_KEYS = {
+    "window_length_count": "windowLengthCount",
+    "window_length_duration_ms": "windowLengthDurationMs",
+    "sliding_interval_count": "slidingIntervalCount",
+    "sliding_interval_duration_ms": "slidingIntervalDurationMs",
+    "late_data_topic": "lateDataTopic",
+    "max_lag_ms": "maxLagMs",
+    "watermark_emit_interval_ms": "watermarkEmitIntervalMs",
+    "timestamp_extractor_class_name": "timestampExtractorClassName",
+    "use_event_time": "useEventTime",
+    "max_window_messages": "maxWindowMessages",
+}
+
+
+def _user_config(config: FunctionConfig) -> dict[str, Any]:
+    """The user config, with the window where Pulsar's worker keeps it."""
+    user = dict(config.user_config)
+    if config.window.enabled:
+        user[WINDOW_CONFIG_KEY] = {
+            key: value
+            for name, key in _WINDOW_KEYS.items()
+            if (value := getattr(config.window, name)) not in (None, "", False)
+        }
+    return user
 
 
 def function_details(config: FunctionConfig) -> pb.FunctionDetails:
@@ -33,7 +60,7 @@ def function_details(config: FunctionConfig) -> pb.FunctionDetails:
         processingGuarantees=cast(
             pb.ProcessingGuarantees, pb.ProcessingGuarantees.Value(config.processing_guarantee.name)
         ),
-        userConfig=json.dumps(dict(config.user_config)),
+        userConfig=json.dumps(_user_config(config)),
         secretsMap=json.dumps(dict(config.secrets)),
         runtime=pb.FunctionDetails.PYTHON,
         parallelism=1,

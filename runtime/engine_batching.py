@@ -45,6 +45,13 @@ def batched(handler: Handler, config: FunctionConfig) -> Handler:
     size = config.batch_max_size or handler.batch_size
     if not size:
         return handler
+    if config.window.enabled:
+        raise ConfigError(
+            f"a batch handler (up to {size} inputs a call) with a window: both give the "
+            "handler a list of inputs, in different ways",
+            "choose one: drop --batch-max-size (or the Batch[T] annotation) for a window "
+            "function, or the window settings for a batch handler",
+        )
     if config.processing_guarantee is ProcessingGuarantee.MANUAL:
         raise ConfigError(
             f"a batch handler (up to {size} inputs a call) under the MANUAL guarantee: "

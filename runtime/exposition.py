@@ -186,6 +186,23 @@ class FunctionCollector(Collector):
                 "Redelivered copies of messages already settled, acknowledged without processing.",
                 now.copies_skipped,
             ),
+            (
+                "pulsarfunc_windows_fired",
+                "Windows given to a window function's handler.",
+                now.windows_fired,
+            ),
+            (
+                "pulsarfunc_window_late_messages",
+                "Event-time messages older than the watermark: sent to the late-data topic, or "
+                "dropped (acknowledged) when none is set.",
+                now.window_late,
+            ),
+            (
+                "pulsarfunc_window_overflow_messages",
+                "Messages refused by a window holding --max-window-messages already (failed, "
+                "so retried or dead-lettered).",
+                now.window_overflow,
+            ),
         )
         for name, text, value in own:
             counter = CounterMetricFamily(name, text, labels=LABEL_NAMES)

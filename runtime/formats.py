@@ -35,7 +35,10 @@ from pulsarfunc.runtime.config import (
     frozen_map,
 )
 from pulsarfunc.runtime.errors import ConfigError
-from pulsarfunc.runtime.function_config_yaml import details_from_function_config
+from pulsarfunc.runtime.function_config_yaml import (
+    WINDOW_CONFIG_KEY,
+    details_from_function_config,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -126,7 +129,10 @@ def details_values(details: pb.FunctionDetails, source: str) -> dict[str, Any]:
         name = pb.ProcessingGuarantees.Name(details.processingGuarantees)
         values["processing_guarantee"] = ProcessingGuarantee[name]
     if details.userConfig:
-        values["user_config"] = _json_object(details.userConfig, source, "userConfig")
+        user = _json_object(details.userConfig, source, "userConfig")
+        if WINDOW_CONFIG_KEY in user:  # where Pulsar's worker keeps windowConfig
+            values.update(_window_values(user.pop(WINDOW_CONFIG_KEY), source))
+        values["user_config"] = user
     if details.secretsMap:
         values["secrets"] = _json_object(details.secretsMap, source, "secretsMap")
     values.update(_source_values(details))
@@ -135,6 +141,46 @@ def details_values(details: pb.FunctionDetails, source: str) -> dict[str, Any]:
         values["max_message_retries"] = details.retryDetails.maxMessageRetries
         if details.retryDetails.deadLetterTopic:
             values["dead_letter_topic"] = details.retryDetails.deadLetterTopic
+    return values
+
+
+_WINDOW_FIELDS = {
+    "windowLengthCount": "window_length_count",
+    "windowLengthDurationMs": "window_length_duration_ms",
+    "slidingIntervalCount": "sliding_interval_count",
+    "slidingIntervalDurationMs": "sliding_interval_duration_ms",
+    "lateDataTopic": "late_data_topic",
+    "maxLagMs": "max_lag_ms",
+    "watermarkEmitIntervalMs": "watermark_emit_interval_ms",
+    "timestampExtractorClassName": "timestamp_extractor_class_name",
+    "useEventTime": "use_event_time",
+    "maxWindowMessages": "max_window_messages",
+}
+_WINDOW_IGNORED = ("actualWindowFunctionClassName", "processingGuarantees")
+
+
+def _window_values(window: Any, source: str) -> dict[str, Any]:
+    """Pulsar's WindowConfig JSON (userConfig["__WINDOWCONFIGS__"]) as `window.*` values."""
+    where = f"{source}: userConfig.{WINDOW_CONFIG_KEY}"
+    if not isinstance(window, dict):
+        raise ConfigError(f"{where} is not a JSON object", hint=_DETAILS_HINT)
+    values: dict[str, Any] = {}
+    for key, value in window.items():
+        field_name = _WINDOW_FIELDS.get(key)
+        if field_name is None:
+            if key not in _WINDOW_IGNORED:
+                _log.warning("%s: ignoring unknown key %s", where, key)
+            continue
+        if value is None:
+            continue
+        expected: type = str if field_name.endswith(("topic", "class_name")) else int
+        if field_name == "use_event_time":
+            expected = bool
+        if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+            raise ConfigError(
+                f"{where}.{key} is {value!r}, not a {expected.__name__}", hint=_DETAILS_HINT
+            )
+        values[f"window.{field_name}"] = value
     return values
 
 

@@ -32,6 +32,7 @@ _IGNORED = frozenset(
     }
 )  # fmt: skip
 _UNSUPPORTED = frozenset({"cryptoConfig", "messagePayloadProcessorConfig"})
+WINDOW_CONFIG_KEY = "__WINDOWCONFIGS__"  # where Pulsar keeps windowConfig: in userConfig
 
 
 def details_from_function_config(
@@ -84,11 +85,8 @@ def details_from_function_config(
         details.retryDetails.deadLetterTopic = dead_letter
     elif dead_letter:
         _log.warning("%s: deadLetterTopic is ignored without maxMessageRetries", source)
-    if keys.raw("windowConfig") is not None:
-        raise ConfigError(
-            f"{source}: key 'windowConfig': window functions are not supported by pulsarfunc",
-            hint="remove windowConfig, or run the function on Pulsar's own runtime",
-        )
+    if (window := keys.child("windowConfig")) is not None:
+        _window_config(window, details)
     keys.warn_unknown(_IGNORED)
     return details, extras
 
@@ -184,6 +182,31 @@ def _convert_sink(keys: _Keys, sink: pb.SinkSpec) -> dict[str, Any]:
     if builder := keys.text("batchBuilder"):
         sink.producerSpec.batchBuilder = builder
     return extras
+
+
+_WINDOW_NUMBERS = (
+    "windowLengthCount", "windowLengthDurationMs", "slidingIntervalCount",
+    "slidingIntervalDurationMs", "maxLagMs", "watermarkEmitIntervalMs", "maxWindowMessages",
+)  # fmt: skip
+_WINDOW_TEXTS = ("lateDataTopic", "timestampExtractorClassName", "actualWindowFunctionClassName")
+
+
+def _window_config(keys: _Keys, details: pb.FunctionDetails) -> None:
+    """windowConfig, type-checked, kept where Pulsar's convert keeps it: the JSON object under
+    userConfig["__WINDOWCONFIGS__"] (with pulsarfunc's own useEventTime, maxWindowMessages)."""
+    window: dict[str, Any] = {}
+    for key in _WINDOW_NUMBERS:
+        if (number := keys.number(key)) is not None:
+            window[key] = number
+    for key in _WINDOW_TEXTS:
+        if text := keys.text(key):
+            window[key] = text
+    if (flag := keys.flag("useEventTime")) is not None:
+        window["useEventTime"] = flag
+    keys.warn_unknown()
+    user = json.loads(details.userConfig) if details.userConfig else {}
+    user[WINDOW_CONFIG_KEY] = window
+    details.userConfig = json.dumps(user, separators=(",", ":"))
 
 
 def _batching(keys: _Keys) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from pulsarfunc.runtime.batching import DEFAULT_BATCH_SIZE, batch_element, list_
 from pulsarfunc.runtime.codec import AUTO, Codec, codec_for, pulsar_serde, type_label
 from pulsarfunc.runtime.errors import HandlerError
 from pulsarfunc.runtime.schemas import infer
+from pulsarfunc.runtime.windows import WindowRecord
 
 ACCEPTED_FORMS = """\
 accepted handler forms:
@@ -95,6 +96,8 @@ class Handler:
     input_codec: Codec
     output_codec: Codec
     signature: str
+    window: bool = False  # a window function: the input is a list, `input_codec` per item
+    window_records: bool = False  # ... of `WindowRecord`s (list[WindowRecord[T]])
     # A batch handler (`batching.py`): called with up to `batch_size` inputs, codecs per item.
     batch_size: int = 0
     input_annotation: Any = None  # as written, for `batch_form`
@@ -131,6 +134,12 @@ class Handler:
         )
         inp = self.input_codec.name if self.takes_input else "none"
         out = self.output_codec.name
+        if self.window:
+            items = f"WindowRecord[{inp}]" if self.window_records else inp
+            return (
+                f"{kind} window {self.form.value} {self.signature}: a window of {items}, "
+                f"output {out}"
+            )
         if self.batch_size:
             return (
                 f"{kind} batch handler ({self.form.value}) {self.signature}: up to "
@@ -171,11 +180,21 @@ def is_context_annotation(annotation: Any) -> bool:
     )
 
 
-def inspect_handler(obj: object, *, where: str = "") -> Handler:
+def inspect_handler(obj: object, *, where: str = "", window: bool = False) -> Handler:
     """Validates `obj` against the accepted forms; HandlerError names what was found and why.
 
-    `where` (e.g. "examples/exclaim/handler.py:exclaim") prefixes every message.
+    `where` (e.g. "examples/exclaim/handler.py:exclaim") prefixes every message. With `window`
+    (a windowConfig is set) the input is a window: a list of items, each decoded as the
+    list's item type says (`list[T]`, `list[WindowRecord[T]]`; unannotated: bytes, or
+    Pulsar's serde for Pulsar's forms).
     """
+    found = _inspect(obj, where, window)
+    if window and found.form is not Form.FUNCTION:  # Pulsar's forms: items by Pulsar's serde
+        return dataclasses.replace(found, window=True)
+    return found
+
+
+def _inspect(obj: object, where: str, window: bool) -> Handler:
     if isinstance(obj, ModuleType):
         return _native_module(obj, where or obj.__name__)
     if isinstance(obj, type):
@@ -190,7 +209,7 @@ def inspect_handler(obj: object, *, where: str = "") -> Handler:
             f"{where or shown}: {shown} (of type {type(obj).__qualname__}) is not callable",
             f"point at a function, a callable object or a Pulsar function class\n{ACCEPTED_FORMS}",
         )
-    return _function(obj, where)
+    return _function(obj, where, window)
 
 
 def _instantiate(cls: type, where: str) -> object:
@@ -259,7 +278,7 @@ def _pulsar_form(
     )
 
 
-def _function(obj: Callable[..., Any], where: str) -> Handler:
+def _function(obj: Callable[..., Any], where: str, window: bool = False) -> Handler:
     sig = _signature(obj, where)
     hints = _resolved_annotations(obj, sig)
     name = _name(obj)
@@ -329,14 +348,18 @@ def _function(obj: Callable[..., Any], where: str) -> Handler:
         hints.get(required[-1].name, inspect.Parameter.empty) if takes_input else None
     )
     return_annotation = hints.get("return", inspect.Parameter.empty)
-    element = batch_element(input_annotation) if takes_input else None
+    element = batch_element(input_annotation) if takes_input and not window else None
     if element is not None and yields:
         raise invalid(
             "a batch handler returns a list, one output per input; a generator cannot",
             "return a list of the same length as the batch (None: no output for that input)",
         )
+    records = False
     try:
-        if element is not None:
+        if takes_input and window:
+            input_codec, records = _window_items(input_annotation)
+            output_codec = _output_codec(return_annotation, yields)
+        elif element is not None:
             input_codec, output_codec = payload_codec(element), _batch_output(return_annotation)
         else:
             input_codec = payload_codec(input_annotation) if takes_input else codec_for(bytes)
@@ -354,6 +377,8 @@ def _function(obj: Callable[..., Any], where: str) -> Handler:
         input_codec,
         output_codec,
         shown,
+        window,
+        records,
         DEFAULT_BATCH_SIZE if element is not None else 0,
         input_annotation,
         return_annotation,
@@ -463,6 +488,30 @@ def _output_codec(annotation: Any, yields: bool) -> Codec:
     if origin in (typing.Union, types.UnionType) and len(members) > 1:
         return AUTO
     return payload_codec(annotation)
+
+
+def _window_items(annotation: Any) -> tuple[Codec, bool]:
+    """A window input's item codec, and whether items are WindowRecords: `list[T]`,
+    `list[WindowRecord[T]]`, a bare list or none (bytes); HandlerError for anything else."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in (inspect.Parameter.empty, Any, list) or annotation in _SEQUENCES:
+        item: Any = bytes
+    elif origin is list or origin in _SEQUENCES:
+        item = args[0] if args else bytes
+    else:
+        raise HandlerError(
+            f"a window function takes the window as a list, but its input is annotated "
+            f"{type_label(annotation)}",
+            "annotate it list[T] (each item decoded as T) or list[WindowRecord[T]] (with key, "
+            "event time, topic, message id and properties)",
+        )
+    records = item is WindowRecord or typing.get_origin(item) is WindowRecord
+    if records:
+        item = (typing.get_args(item) or (bytes,))[0]
+    return payload_codec(item), records
+
+
+_SEQUENCES = (abc.Sequence, abc.Iterable, abc.Collection)
 
 
 def payload_codec(annotation: Any) -> Codec:

@@ -52,6 +52,10 @@ _log = logging.getLogger("pulsarfunc.instance")
 
 def choose_engine(core: Core, handler: Handler) -> Engine:
     """The engine for this handler and configuration (see `engine.py`)."""
+    if core.config.window.enabled:
+        from pulsarfunc.runtime.engine_window import WindowEngine  # only window functions
+
+        return WindowEngine(core, handler)
     if handler.batch_size:
         return BatchingEngine(core, handler.batch_size)
     if ordered(core.config):
@@ -129,7 +133,8 @@ class Instance:
         waiting for a retry). Start-up errors are raised.
         """
         core = self.core
-        for topic in [core.config.output, *dead_letter_topics(core.config)]:
+        late = core.config.window.late_data_topic
+        for topic in [core.config.output, *dead_letter_topics(core.config), late]:
             if topic:
                 self.broker.open_producer(topic)
         self.engine.start()

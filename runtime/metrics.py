@@ -41,6 +41,9 @@ class Snapshot:
     system_exceptions: int = 0
     dead_lettered: int = 0
     copies_skipped: int = 0  # redelivered copies of settled messages, acked unprocessed
+    windows_fired: int = 0  # window functions: windows given to the handler
+    window_late: int = 0  # event-time data older than the watermark (dropped or diverted)
+    window_overflow: int = 0  # messages refused: --max-window-messages were held already
     process_latency_ms: Summary = field(default_factory=Summary)
     last_invocation_ms: int = 0
     user_metrics: dict[str, Summary] = field(default_factory=dict)
@@ -118,6 +121,12 @@ class Metrics:
         with self._lock:
             self._s.copies_skipped += count
 
+    def note_window(self, *, fired: int = 0, late: int = 0, overflow: int = 0) -> None:
+        with self._lock:
+            self._s.windows_fired += fired
+            self._s.window_late += late
+            self._s.window_overflow += overflow
+
     def record(self, name: str, value: float) -> None:
         with self._lock:
             self._s.user_metrics.setdefault(name, Summary()).observe(value)
@@ -132,6 +141,9 @@ class Metrics:
                 s.system_exceptions,
                 s.dead_lettered,
                 s.copies_skipped,
+                s.windows_fired,
+                s.window_late,
+                s.window_overflow,
                 Summary(s.process_latency_ms.count, s.process_latency_ms.total),
                 s.last_invocation_ms,
                 {k: Summary(v.count, v.total) for k, v in s.user_metrics.items()},

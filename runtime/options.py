@@ -154,6 +154,7 @@ _INPUTS = "inputs"
 _OUTPUT = "output"
 _PROCESSING = "processing"
 _FUNCTION = "user config and secrets"
+_WINDOW = "window functions (Pulsar's windowConfig)"
 _OPS = "logging, metrics, debugging"
 _FILES = "configuration files (lowest precedence, under flags and env vars)"
 
@@ -269,6 +270,35 @@ OPTIONS: tuple[Option, ...] = (
     Option("--batch-max-delay-ms", "batch_max_delay_ms", _PROCESSING,
            "longest a batch waits to fill before the handler is called with what it has",
            "MS", "a whole number >= 0", _integer),
+    Option("--window-length-count", "window.window_length_count", _WINDOW,
+           "a window of N messages (the handler gets list[T])", "N", "a whole number >= 1",
+           _integer),
+    Option("--window-length-duration-ms", "window.window_length_duration_ms", _WINDOW,
+           "a window of the last MS milliseconds", "MS", "a whole number >= 1", _integer),
+    Option("--sliding-interval-count", "window.sliding_interval_count", _WINDOW,
+           "fire every N messages (default: the window length, a tumbling window)", "N",
+           "a whole number >= 1", _integer),
+    Option("--sliding-interval-duration-ms", "window.sliding_interval_duration_ms", _WINDOW,
+           "fire every MS milliseconds (default: the window length)", "MS",
+           "a whole number >= 1", _integer),
+    Option("--timestamp-extractor-classname", "window.timestamp_extractor_class_name",
+           _WINDOW, "event time: module.Class with extract_timestamp(value) -> epoch ms",
+           "CLASS"),
+    Option("--use-event-time", "window.use_event_time", _WINDOW,
+           "event time: each message's event time (else its publish time)", allowed=_BOOL,
+           kind="bool"),
+    Option("--max-lag-ms", "window.max_lag_ms", _WINDOW,
+           "event time: how late data may come before the watermark passes it (default 0)",
+           "MS", "a whole number >= 0", _integer),
+    Option("--watermark-emit-interval-ms", "window.watermark_emit_interval_ms", _WINDOW,
+           "event time: how often the watermark advances (default 1000)", "MS",
+           "a whole number >= 1", _integer),
+    Option("--late-data-topic", "window.late_data_topic", _WINDOW,
+           "event time: where data older than the watermark goes (default: dropped, counted)",
+           "TOPIC", _TOPIC),
+    Option("--max-window-messages", "window.max_window_messages", _WINDOW,
+           "messages a window function holds at most (default: 10 x --receiver-queue-size)",
+           "N", "a whole number >= 1", _integer),
     Option("--user-config", "user_config", _FUNCTION,
            "user config: a JSON object, or @FILE holding one", "JSON|@FILE",
            'a JSON object, e.g. {"key": "value"}, or @FILE', _json_object),

@@ -24,11 +24,13 @@ from pulsarfunc.runtime.config import (
     InputSpec,
     ProcessingGuarantee,
     Settings,
+    WindowSettings,
     frozen_map,
 )
 from pulsarfunc.runtime.errors import ConfigError
 from pulsarfunc.runtime.formats import custom_inputs, details_settings, function_config_settings
 from pulsarfunc.runtime.options import build_parser, env_settings, flag_settings, parse_bool
+from pulsarfunc.runtime.windows import WindowConfigError, spec_of
 
 # Where an image's entrypoint lives (Dockerfile.base's ENTRYPOINT); PULSARFUNC_ENTRYPOINT moves it.
 ENTRYPOINT = "/opt/pulsarfunc/entrypoint.py"
@@ -134,13 +136,19 @@ def _build(base: FunctionConfig, merged: Settings) -> FunctionConfig:
     for key in ("output", "log_topic", "dead_letter_topic"):
         if topic := value(key, getattr(base, key)):
             top[key] = _checked(topic, False, source(key))
+    late = "window.late_data_topic"
+    if late in merged and merged[late].value:
+        merged = {
+            **merged,
+            late: merged[late]._replace(value=_checked(merged[late].value, False, source(late))),
+        }
     top["log_level"] = _log_level(value("log_level", base.log_level), source("log_level"))
     for key in ("user_config", "secrets"):
         if isinstance(top.get(key), Mapping):
             top[key] = frozen_map(top[key])
     nested = {
         name: replace(getattr(base, name), **_sub_fields(merged, name))
-        for name in ("auth", "producer")
+        for name in ("auth", "producer", "window")
     }
     config = replace(base, **top, **nested, inputs=_unique(inputs))
     _validate(config, source)
@@ -308,6 +316,8 @@ def _validate(config: FunctionConfig, source: Callable[[str], str]) -> None:
             "retain key ordering with EFFECTIVELY_ONCE",
             "EFFECTIVELY_ONCE already processes in order: drop retain key ordering",
         )
+    if config.window != WindowSettings():
+        _validate_window(config, fail)
     if config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE:
         transient = [s.topic for s in config.inputs if s.topic.startswith("non-persistent://")]
         if transient:
@@ -318,6 +328,28 @@ def _validate(config: FunctionConfig, source: Callable[[str], str]) -> None:
                 "get sequence ids and the broker would drop all but the first",
                 "use ATLEAST_ONCE for non-persistent inputs, or a persistent:// topic",
             )
+
+
+def _validate_window(config: FunctionConfig, fail: Callable[[str, str, str], NoReturn]) -> None:
+    """Pulsar's WindowConfigUtils checks, and the guarantees a window cannot keep."""
+    try:
+        spec_of(config.window, config.receiver_queue_size)
+    except WindowConfigError as exc:
+        fail(exc.key, exc.problem, exc.hint)
+    guarantee = config.processing_guarantee
+    if guarantee in (ProcessingGuarantee.EFFECTIVELY_ONCE, ProcessingGuarantee.MANUAL):
+        fail(
+            "processing_guarantee",
+            f"window functions do not support {guarantee.name}",
+            "use ATLEAST_ONCE (outputs may repeat after a failure: see README, Window "
+            "functions) or ATMOST_ONCE"
+            + (
+                ": a window's output comes from many inputs, so no one input's position can "
+                "deduplicate it"
+                if guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
+                else ": inputs are acknowledged when their windows are done"
+            ),
+        )
 
 
 def _get(config: FunctionConfig, path: str) -> Any:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from pulsarfunc.runtime.config import FunctionConfig
-from pulsarfunc.runtime.errors import PulsarFuncError
+from pulsarfunc.runtime.errors import HandlerError, PulsarFuncError
 from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.logs import setup_logging
 from pulsarfunc.runtime.naming import function_id
@@ -65,7 +65,16 @@ def run(
     from pulsarfunc.runtime.logtopic import publishing_logs
     from pulsarfunc.runtime.metrics import Metrics
 
-    spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
+    window = config.window.enabled
+    if not isinstance(handler, Handler):
+        spec = inspect_handler(handler, where=where, window=window)
+    elif window and not handler.window:
+        raise HandlerError(
+            f"{handler.signature}: inspected as a single-message handler, but a window is set",
+            "inspect it with inspect_handler(obj, window=True)",
+        )
+    else:
+        spec = handler
     spec = batched(spec, config)  # before connecting: a handler that cannot batch fails here
     config = complete(config, spec)
     setup_logging(config)
@@ -162,9 +171,18 @@ def main_with(
 
     settings = launch(argv, env, default_prog=prog)
     try:
-        spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where=where)
+        if not isinstance(handler, Handler):
+            try:  # a bad handler is reported before bad flags
+                inspect_handler(handler, where=where)
+            except HandlerError:  # unless a window makes it right (`list[Record]` items)
+                try:
+                    windowed = resolve(argv, env, prog=settings.prog).window.enabled
+                except PulsarFuncError:
+                    windowed = False
+                if not windowed:
+                    raise
         config = resolve(argv, env, prog=settings.prog)
-        drained = run(spec, config, env=env, where=where)
+        drained = run(handler, config, env=env, where=where)
     except Exception as exc:
         return report(exc, debug=settings.debug)
     return 0 if drained else 1

@@ -221,7 +221,7 @@ class FakeBroker:
 
     def send_batch(self, messages: Sequence[OutMessage], callback: BatchCallback) -> None:
         """Record the messages; a failing topic fails every one of them, as a producer-wide
-        failure does; one callback on a thread of its own."""
+        failure does; one callback on a thread of its own (once `held` lets it)."""
         errors: dict[int, Exception] = {}
         with self._lock:
             self.batches += 1
@@ -230,7 +230,14 @@ class FakeBroker:
                     errors[position] = RuntimeError(f"send to {message.topic} refused")
                 else:
                     self._keep(message)
-        threading.Thread(target=callback, args=(errors,), name=IO_THREAD, daemon=True).start()
+        held = self.held.get(messages[0].topic) if messages else None
+
+        def call_back() -> None:
+            if held is not None:
+                held.wait(10)
+            callback(errors)
+
+        threading.Thread(target=call_back, name=IO_THREAD, daemon=True).start()
 
     def flush(self) -> None:
         self.flushed += 1

@@ -14,7 +14,7 @@ from waiting import wait_for
 
 from pulsarfunc import Batch, BatchItemFailures, Context, current_context
 from pulsarfunc.runtime.batching import BatchItemError, BatchResultError
-from pulsarfunc.runtime.config import ProcessingGuarantee, SubscriptionType
+from pulsarfunc.runtime.config import ProcessingGuarantee, SubscriptionType, WindowSettings
 from pulsarfunc.runtime.engine_batching import batched
 from pulsarfunc.runtime.errors import ConfigError, HandlerError
 from pulsarfunc.runtime.handler import inspect_handler
@@ -412,6 +412,16 @@ def test_manual_acknowledgement_with_a_batch_is_refused() -> None:
     config = make_config(processing_guarantee=ProcessingGuarantee.MANUAL)
     with pytest.raises(ConfigError, match="MANUAL") as caught:
         batched(inspect_handler(upper), config)
+    assert caught.value.exit_code == 2
+
+
+def test_a_batch_with_a_window_is_refused() -> None:
+    def upper(items: list[str]) -> list[str]:
+        return items
+
+    config = make_config(batch_max_size=10, window=WindowSettings(window_length_count=5))
+    with pytest.raises(ConfigError, match="with a window") as caught:
+        batched(inspect_handler(upper, window=True), config)
     assert caught.value.exit_code == 2
 
 

@@ -86,6 +86,16 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--drain-timeout-ms", "0", "drain_timeout_ms", 0),
     ("--batch-max-size", "50", "batch_max_size", 50),
     ("--batch-max-delay-ms", "0", "batch_max_delay_ms", 0),
+    ("--window-length-count", "10", "window.window_length_count", 10),
+    ("--window-length-duration-ms", "500", "window.window_length_duration_ms", 500),
+    ("--sliding-interval-count", "5", "window.sliding_interval_count", 5),
+    ("--sliding-interval-duration-ms", "100", "window.sliding_interval_duration_ms", 100),
+    ("--timestamp-extractor-classname", "fn.Ts", "window.timestamp_extractor_class_name", "fn.Ts"),
+    ("--use-event-time", None, "window.use_event_time", True),
+    ("--max-lag-ms", "5", "window.max_lag_ms", 5),
+    ("--watermark-emit-interval-ms", "250", "window.watermark_emit_interval_ms", 250),
+    ("--late-data-topic", "late", "window.late_data_topic", "persistent://public/default/late"),
+    ("--max-window-messages", "5000", "window.max_window_messages", 5000),
     ("--user-config", '{"a": [1, 2]}', "user_config", {"a": [1, 2]}),
     ("--secrets", '{"pw": "PASSWORD_VAR"}', "secrets", {"pw": "PASSWORD_VAR"}),
     ("--log-level", "warn", "log_level", "WARNING"),
@@ -97,8 +107,17 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--function-details", '{"name": "from-details"}', "name", "from-details"),
 ]  # fmt: skip
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
+_BY_TIME = ["--window-length-duration-ms", "500"]
 _NEEDS = {  # flags that are only valid together with another one
     "--dead-letter-topic": ["--max-message-retries", "1"],
+    "--sliding-interval-count": ["--window-length-count", "10"],
+    "--sliding-interval-duration-ms": _BY_TIME,
+    "--timestamp-extractor-classname": _BY_TIME,
+    "--use-event-time": _BY_TIME,
+    "--max-lag-ms": _BY_TIME,
+    "--watermark-emit-interval-ms": _BY_TIME,
+    "--late-data-topic": [*_BY_TIME, "--use-event-time"],
+    "--max-window-messages": _BY_TIME,
     "--function-config": [],
 }
 
@@ -129,7 +148,7 @@ def test_every_flag_has_its_env_var(flag: str, text: str | None, path: str, expe
     elif flag == "--function-config":
         text = str(FIXTURES / text)
     env = {option.env: text}
-    argv = [] if flag in ("--inputs", "--function-config") else IN
+    argv = [] if flag in ("--inputs", "--function-config") else list(IN)
     argv += _NEEDS.get(flag, [])
     assert get(resolve(argv, env), path) == expected
 

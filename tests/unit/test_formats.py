@@ -304,7 +304,8 @@ BAD_YAML = [
     ("inputs: [a]\nuserConfig: [1, 2]\n", ["'userConfig'", "a mapping"]),
     ("inputs: [a]\nuserConfig: {when: !!binary aGk=}\n", ["'userConfig'", "bytes"]),
     ("inputs: [a]\nfqfn: a/b\n", ["'fqfn'", "tenant/namespace/name"]),
-    ("inputs: [a]\nwindowConfig: {windowLengthCount: 10}\n", ["windowConfig", "not supported"]),
+    ("inputs: [a]\nwindowConfig: {windowLengthCount: ten}\n",
+     ["'windowConfig.windowLengthCount'", "a whole number"]),
     ("customSchemaInputs: {t: '{bad json'}\n", ["'customSchemaInputs.t'", "ConsumerConfig JSON"]),
     ("inputs: [a]\noutput: tenant/topic\n", ["output", "'tenant/topic'"]),
 ]  # fmt: skip
