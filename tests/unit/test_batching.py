@@ -1,4 +1,8 @@
-"""Batch handlers on the fake broker: per-item failures, whole-batch failures, delay, ordering."""
+"""Batch handlers on the fake broker: per-item failures, whole-batch failures, delay, ordering.
+
+(Named apart from tests/integration/test_batch_handlers.py: pytest imports test modules by
+basename.)
+"""
 
 from __future__ import annotations
 
