@@ -161,4 +161,22 @@ class BatchingEngine(BatchEngine):
             if left_ms <= 0:
                 break
             batch += receiver.take(source, size - len(batch), left_ms)
-        return batch
+        return self._unique(batch)
+
+    def _unique(self, batch: list[InMessage]) -> list[InMessage]:
+        """Each message once. After a failure the broker may redeliver a producer batch twice
+        in quick succession (one redelivery per nack it was asked for), and a batch gathered
+        over the delay would then hold a message and its copy, to be processed (and
+        dead-lettered) twice; the copy is dropped here, settled with the original by id."""
+        if not self.core.settler.redeliveries.watching:
+            return batch  # copies come only after a failure or a lost connection
+        seen: set[tuple[str, bytes]] = set()
+        kept: list[InMessage] = []
+        for msg in batch:
+            key = (msg.topic_name(), msg.message_id().serialize())
+            if key not in seen:
+                seen.add(key)
+                kept.append(msg)
+        if len(kept) < len(batch):
+            self.core.metrics.note_copies_skipped(len(batch) - len(kept))
+        return kept

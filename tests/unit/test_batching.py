@@ -243,6 +243,29 @@ def test_a_zero_delay_calls_with_what_the_consumer_holds() -> None:
     assert [len(c) for c in handler.calls] == [2, 2, 1]
 
 
+def test_a_copy_gathered_with_its_original_is_processed_once() -> None:
+    broker = FakeBroker()
+    calls: list[str] = []
+
+    def strict(items: Batch[str]) -> list[str | Exception]:
+        calls.extend(items)
+        return [ValueError(i) if i.startswith("bad") else i for i in items]
+
+    with started(strict, broker, batch_max_delay_ms=300, **DEAD):
+        broker.feed(FakeMessage(b"bad-first"))  # a failure: copies may come from now on
+        wait_for(lambda: len(broker.sent[DLQ]) == 1)
+        twice = FakeMessage(b"bad-twice")
+        broker.feed(twice, FakeMessage(b"ok"))
+        time.sleep(0.05)
+        broker.feed(FakeMessage(b"bad-twice", mid=twice.mid))  # the broker's second copy
+        wait_for(lambda: len(broker.sent[DLQ]) == 2)
+        wait_for(lambda: b"ok" in payloads(broker))
+        time.sleep(0.3)
+    assert sorted(dead(broker)) == [b"bad-first", b"bad-twice"]
+    assert len(broker.sent[DLQ]) == 2  # once each
+    assert calls.count("bad-twice") == 1
+
+
 # -- ordering -------------------------------------------------------------------------------------
 def test_key_shared_runs_one_batch_at_a_time_keys_in_order() -> None:
     broker = FakeBroker()
