@@ -469,3 +469,16 @@ def test_batch_settings_from_flags_variables_and_the_function_config(tmp_path: P
         resolve(["--function-config", str(path)], {})
     with pytest.raises(ConfigError, match="--batch-max-delay-ms"):
         resolve([*base, "--batch-max-delay-ms", "-1"], {})
+
+
+def test_a_pulsar_function_class_with_the_batch_flag_gets_a_list() -> None:
+    broker = FakeBroker()
+    feed(broker, 4)
+
+    class Upper:
+        def process(self, items: Any, context: Any) -> list[str]:
+            return [i.upper() for i in items]
+
+    with started(Upper(), broker, batch_max_size=4):
+        wait_for(lambda: len(broker.sources[0].acked) == 4)
+    assert payloads(broker) == [b"M0", b"M1", b"M2", b"M3"]  # Pulsar's serde, per item
