@@ -118,7 +118,7 @@ class BatchingEngine(BatchEngine):
             runner.settle_all()
             time.sleep(0.01)  # retries pile up: take nothing new until they are done
         else:
-            batch = self._gather(source, runner.limit)
+            batch = self._gather(source, runner)
             if batch:
                 with self._turn():
                     runner.run(batch)
@@ -132,7 +132,7 @@ class BatchingEngine(BatchEngine):
         tracker, now = self.core.tracker, time.monotonic()
         next_due = tracker.next_due(source, in_order=True)
         if next_due is None:
-            batch = self._gather(source, runner.limit)
+            batch = self._gather(source, runner)
             if batch:
                 runner.run(batch)
             elif runner.pending:
@@ -143,15 +143,15 @@ class BatchingEngine(BatchEngine):
             runner.settle_all()
             self.core.stopping.wait(min(next_due - now, 0.1))
 
-    def _gather(self, source: Source, limit: int) -> list[InMessage]:
-        """A group of whole batches: what the consumer holds, up to `limit` messages (the
+    def _gather(self, source: Source, runner: GroupRunner) -> list[InMessage]:
+        """A group of whole batches: what the consumer holds, up to `runner.limit` (the
         group runner's time budget) rounded down to whole batches, at least one batch; when
         that is less than one full batch, also what comes within the delay after the first.
 
         A backlog is taken many batches a group (the invoker calls the handler per batch), so
         sends and acknowledgements stay as few as for single-message handlers."""
         receiver, stopping, size = self.core.receiver, self.core.stopping, self.size
-        most = max(size, limit // size * size)
+        most = max(size, runner.limit // size * size)
         batch = list(receiver.take(source, most, RECEIVE_TIMEOUT_MS))
         if not batch:
             return batch
@@ -161,22 +161,27 @@ class BatchingEngine(BatchEngine):
             if left_ms <= 0:
                 break
             batch += receiver.take(source, size - len(batch), left_ms)
-        return self._unique(batch)
+        return self._unique(batch, runner)
 
-    def _unique(self, batch: list[InMessage]) -> list[InMessage]:
-        """Each message once. After a failure the broker may redeliver a producer batch twice
-        in quick succession (one redelivery per nack it was asked for), and a batch gathered
-        over the delay would then hold a message and its copy, to be processed (and
-        dead-lettered) twice; the copy is dropped here, settled with the original by id."""
+    def _unique(self, batch: list[InMessage], runner: GroupRunner) -> list[InMessage]:
+        """Each message once, and none still in flight here. After a failure the broker may
+        redeliver a producer batch twice in quick succession (one redelivery per nack it was
+        asked for): a batch gathered over the delay would then hold a message and its copy,
+        or take the copy while the original's group waits for its sends, and process (and
+        dead-letter) it twice. The copy is dropped here, settled with the original by id."""
         if not self.core.settler.redeliveries.watching:
             return batch  # copies come only after a failure or a lost connection
-        seen: set[tuple[str, bytes]] = set()
+        seen = {_id(msg) for group in runner.pending for msg in group.msgs}
         kept: list[InMessage] = []
         for msg in batch:
-            key = (msg.topic_name(), msg.message_id().serialize())
+            key = _id(msg)
             if key not in seen:
                 seen.add(key)
                 kept.append(msg)
         if len(kept) < len(batch):
             self.core.metrics.note_copies_skipped(len(batch) - len(kept))
         return kept
+
+
+def _id(msg: InMessage) -> tuple[str, bytes]:
+    return (msg.topic_name(), msg.message_id().serialize())

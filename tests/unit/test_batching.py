@@ -266,6 +266,30 @@ def test_a_copy_gathered_with_its_original_is_processed_once() -> None:
     assert calls.count("bad-twice") == 1
 
 
+def test_a_copy_taken_while_its_original_waits_for_its_sends_is_not_processed_again() -> None:
+    broker = FakeBroker()
+    calls: list[str] = []
+
+    def strict(items: Batch[str]) -> list[str | Exception]:
+        calls.extend(items)
+        return [ValueError(i) if i.startswith("bad") else i for i in items]
+
+    with started(strict, broker, batch_max_delay_ms=0, **DEAD):
+        broker.feed(FakeMessage(b"bad-first"))  # a failure: copies may come from now on
+        wait_for(lambda: len(broker.sent[DLQ]) == 1)
+        held = broker.held[OUT] = threading.Event()  # outputs wait: their group stays pending
+        broker.receive_limit = 1  # one message a take: the copy comes in the next group
+        slow = FakeMessage(b"slow")
+        broker.feed(slow, FakeMessage(b"slow", mid=slow.mid), FakeMessage(b"next"))
+        wait_for(lambda: len(broker.sources[0].queue) <= 1)  # the copy was taken
+        time.sleep(0.05)
+        held.set()
+        wait_for(lambda: len(payloads(broker)) == 2)
+        time.sleep(0.2)
+    assert calls.count("slow") == 1
+    assert sorted(payloads(broker)) == [b"next", b"slow"]
+
+
 # -- ordering -------------------------------------------------------------------------------------
 def test_key_shared_runs_one_batch_at_a_time_keys_in_order() -> None:
     broker = FakeBroker()
@@ -479,6 +503,7 @@ def test_a_pulsar_function_class_with_the_batch_flag_gets_a_list() -> None:
         def process(self, items: Any, context: Any) -> list[str]:
             return [i.upper() for i in items]
 
-    with started(Upper(), broker, batch_max_size=4):
+    handler: Any = Upper()  # Pulsar's form: an object with process(input, context)
+    with started(handler, broker, batch_max_size=4):
         wait_for(lambda: len(broker.sources[0].acked) == 4)
     assert payloads(broker) == [b"M0", b"M1", b"M2", b"M3"]  # Pulsar's serde, per item
