@@ -50,6 +50,7 @@ from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.schemas import SchemaCodec
 from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS
 from pulsarfunc.runtime.start import complete
+from pulsarfunc.runtime.state import MemoryState
 from pulsarfunc.runtime.tracker import Ticket
 from pulsarfunc.runtime.transport import InMessage, OutMessage
 
@@ -110,6 +111,7 @@ class Result:
     metrics: dict[str, list[float]]  # record_metric values by name, in order
     logs: list[logging.LogRecord]  # records of the function's logger (context.get_logger())
     config: FunctionConfig
+    state: dict[str, int | bytes] = field(default_factory=dict)  # counters and values after
 
     @property
     def outputs(self) -> list[Any]:
@@ -271,6 +273,7 @@ def run_function(
     secrets: Mapping[str, str] | None = None,
     config: FunctionConfig | None = None,
     raise_errors: bool = True,
+    state: Mapping[str, int | bytes | str] | None = None,
 ) -> Result:
     """Call `handler` on each input in turn, as the runtime would; see the module docstring.
 
@@ -278,6 +281,8 @@ def run_function(
     `user_config` is merged over its user config; `secrets` maps secret names to values.
     Acknowledgements follow the guarantee: ATLEAST_ONCE and EFFECTIVELY_ONCE ack an input when
     the handler succeeds, ATMOST_ONCE acks every input on receipt, MANUAL only on context.ack().
+    `state` is the managed state before the run (ints are counters, bytes or str values), kept
+    in memory; `result.state` is what it holds after.
     """
     spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where="test")
     base = config or FunctionConfig()
@@ -289,7 +294,8 @@ def run_function(
     services = _Services()
     logger = logging.getLogger(f"pulsarfunc.function.{cfg.name}")
     given = dict(secrets or {})
-    env = FunctionEnv(cfg, services, logger, lambda name: given.get(name))
+    store = MemoryState(state)
+    env = FunctionEnv(cfg, services, logger, lambda name: given.get(name), state=store)
     capture = _Capture()
     level = logger.level
     logger.addHandler(capture)
@@ -300,7 +306,9 @@ def run_function(
     finally:
         logger.removeHandler(capture)
         logger.setLevel(level)
-    return Result(calls, services.published, services.metrics, capture.records, cfg)
+    return Result(
+        calls, services.published, services.metrics, capture.records, cfg, store.snapshot()
+    )
 
 
 def _run(

@@ -1,4 +1,4 @@
-"""pulsarfunc.builder: `pulsarfunc build` and `pulsarfunc init`, on the developer's host only.
+"""pulsarfunc.builder: `pulsarfunc build`, `init` and `manifest`, on the developer's host only.
 
 One build, module by module (`build.build_image` orchestrates):
 
@@ -9,10 +9,12 @@ One build, module by module (`build.build_image` orchestrates):
     render                  templates/*.j2 -> Dockerfile, entrypoint.py, check.py (StrictUndefined)
     context.BuildContext    deterministic tar: sorted, fixed mtime/owner/modes
     docker_engine.Engine    the only module importing `docker`: build, inspect, load, push
-    progress                engine log events -> step lines, cache hits, failing log lines
+    progress                stages, wheels (sizes) and engine steps -> timed lines, or rich
+                            bars on a terminal; failing log lines
     normalize               canonical image config -> reproducible image id
     commands                flags/env -> exit codes 0 / 2 (UserError) / 1 (BuildError, EngineError)
     scaffold                `pulsarfunc init NAME`
+    manifest, autoscale     `pulsarfunc manifest`: Deployment, Function Mesh, KEDA (pure)
 
 The runtime never imports this package; this package imports the runtime only to validate.
 """

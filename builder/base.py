@@ -18,8 +18,8 @@ from pulsarfunc._version import __version__
 from pulsarfunc.builder.context import BuildContext
 from pulsarfunc.builder.docker_engine import Engine
 from pulsarfunc.builder.errors import BuildError, PlanError
-from pulsarfunc.builder.progress import BuildLog, Progress
-from pulsarfunc.builder.wheels import Target, WheelStager, runtime_requirements
+from pulsarfunc.builder.progress import BuildLog, Progress, human_size
+from pulsarfunc.builder.wheels import Target, WheelStager, runtime_requirements, stage_wheels
 
 __all__ = ["BASE_REPOSITORY", "BaseImage", "ensure_base", "runtime_files"]
 
@@ -102,11 +102,8 @@ def ensure_base(
     if existing is not None:
         progress.stage(f"runtime base {ref} (present)")
         return BaseImage(ref, existing, False, _diff_ids(engine, ref))
-    staged = stager.stage(pins, target)
-    progress.stage(
-        f"runtime dependencies staged ({'cached' if staged.cached else 'downloaded'}): "
-        + ", ".join(pins)
-    )
+    started = progress.clock()
+    staged = stage_wheels(stager, progress, "runtime dependencies", pins, target)
     context = BuildContext()
     context.add_bytes("Dockerfile", dockerfile_base())
     context.add_tree(f"runtime-deps/{SITE}", staged.path)
@@ -115,6 +112,7 @@ def ensure_base(
     log = BuildLog(progress, "base")
     with tempfile.TemporaryFile() as stream:
         context.write(stream)
+        progress.stage(f"runtime base: build context {human_size(stream.tell())}")
         stream.seek(0)
         for event in engine.build(
             stream,
@@ -137,7 +135,8 @@ def ensure_base(
             log=list(log.tail),
         )
     engine.tag(ref, BASE_REPOSITORY, _python_tag(target))
-    progress.stage(f"runtime base {ref} built")
+    size = int(engine.inspect(ref).get("Size") or 0)
+    progress.stage(f"runtime base {ref} built, {human_size(size)}", progress.clock() - started)
     _untag_older(engine, ref, f"{BASE_REPOSITORY}:{_python_tag(target)}-")
     return BaseImage(ref, log.image_id, True, _diff_ids(engine, ref))
 

@@ -21,7 +21,7 @@ from pulsarfunc.builder.docker_engine import Engine
 from pulsarfunc.builder.errors import BuildError, EngineError
 from pulsarfunc.builder.normalize import history_layers, normalize
 from pulsarfunc.builder.plan import BuildOptions, BuildPlan, make_plan
-from pulsarfunc.builder.progress import BuildLog, Progress
+from pulsarfunc.builder.progress import BuildLog, Progress, human_size
 from pulsarfunc.builder.render import (
     FunctionFiles,
     FunctionValues,
@@ -29,7 +29,13 @@ from pulsarfunc.builder.render import (
     render_function,
 )
 from pulsarfunc.builder.validate import host_runs_target, validate_on_host, validate_with_deps
-from pulsarfunc.builder.wheels import StagedDir, Target, WheelStager, runtime_requirements
+from pulsarfunc.builder.wheels import (
+    StagedDir,
+    Target,
+    WheelStager,
+    runtime_requirements,
+    stage_wheels,
+)
 
 __all__ = ["BuildResult", "LayerReport", "build_context", "build_image", "git_revision"]
 
@@ -155,9 +161,9 @@ def build_image(
     target = Target(options.python_version, platform)
     deps = None
     if plan.requirements:  # before the base: a requirement without wheels fails fast
-        deps = stager.stage(plan.requirements, target, provided=runtime_requirements())
-        state = "cached" if deps.cached else "staged"
-        progress.stage(f"dependencies {state} ({deps.key[:12]}): {', '.join(plan.requirements)}")
+        deps = stage_wheels(
+            stager, progress, "dependencies", plan.requirements, target, runtime_requirements()
+        )
         if check.deferred and host_runs_target(target.python_version, target.platform):
             check = validate_with_deps(plan, deps.path, env)
             image_ref = plan.image_ref(check.attr, check.file)
@@ -185,8 +191,10 @@ def build_image(
     )
     context = build_context(plan, files, deps)
     log = BuildLog(progress, "image")
+    build_started = clock()
     with tempfile.TemporaryFile() as stream:
         context.write(stream)
+        progress.stage(f"image: build context {human_size(stream.tell())}")
         stream.seek(0)
         for event in engine.build(stream, nocache=options.no_cache):
             log.feed(event)
@@ -203,6 +211,7 @@ def build_image(
     repo, tag = split_tag(options.tag)
     image_id, reproducible = _finalize(engine, log.image_id, options, repo, tag, counts, progress)
     size = int(engine.inspect(image_id).get("Size") or 0)
+    progress.stage(f"image {repo}:{tag} built, {human_size(size)}", clock() - build_started)
     pushed = _push(engine, repo, tag, progress) if options.push else ""
     return BuildResult(
         tag=f"{repo}:{tag}",

@@ -18,13 +18,15 @@ from typing import TextIO
 
 from pulsarfunc.builder.errors import DependencyError
 from pulsarfunc.builder.plan import DEFAULT_BASE_IMAGE, DEFAULT_PYTHON_VERSION, BuildOptions
-from pulsarfunc.runtime.errors import PulsarFuncError, UserError
+from pulsarfunc.builder.progress import human_size
+from pulsarfunc.runtime.errors import ConfigError, PulsarFuncError, UserError
+from pulsarfunc.runtime.options import FlagParser
 
 __all__ = ["build_main", "init_main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="pulsarfunc build",
         description="Build a function (a .py file, module directory or package) into one "
         "self-contained image: `docker run IMAGE --inputs IN --output OUT` runs it.",
@@ -90,15 +92,6 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptio
     )
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"  # pragma: no cover - the loop always returns
-
-
 def _report_error(exc: PulsarFuncError, as_json: bool, out: TextIO, err: TextIO) -> int:
     print(f"pulsarfunc: error: {exc}", file=err)
     if as_json:
@@ -131,8 +124,10 @@ def build_main(
     err = err or sys.stderr
     try:
         args = _build_parser().parse_args(list(argv))
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    except ConfigError as exc:
+        return _report_error(exc, "--json" in argv, out, err)
     engine = Engine.from_env(env)
     try:
         options = options_from(args, env)
@@ -140,7 +135,7 @@ def build_main(
             options,
             engine=engine,
             stager=WheelStager(cache_root(env)),
-            progress=Progress(err, quiet=args.quiet),
+            progress=Progress.for_output(err, env, quiet=args.quiet, as_json=args.json),
             revision=git_revision(options.path.resolve()),
             env=env,
         )
@@ -155,11 +150,11 @@ def build_main(
     else:
         code = next((layer for layer in result.layers if layer.role == "code"), None)
         deps = next((layer for layer in result.layers if layer.role == "dependencies"), None)
-        parts = [f"image {_human(result.size)}"]
+        parts = [f"image {human_size(result.size)}"]
         if code:
-            parts.append(f"code layer {_human(code.size)}")
+            parts.append(f"code layer {human_size(code.size)}")
         if deps:
-            parts.append(f"dependency layer {_human(deps.size)}" + (" reused" * deps.reused))
+            parts.append(f"dependency layer {human_size(deps.size)}" + (" reused" * deps.reused))
         print(
             f"built {result.tag} {result.image_id[7:19]} ({', '.join(parts)}) "
             f"in {result.seconds:.1f}s",
@@ -169,7 +164,7 @@ def build_main(
 
 
 def _init_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="pulsarfunc init",
         description="Scaffold a function directory: handler, requirements.txt, a unit test "
         "and a README.",
@@ -187,8 +182,11 @@ def init_main(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | N
     err = err or sys.stderr
     try:
         args = _init_parser().parse_args(list(argv))
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    except ConfigError as exc:
+        print(f"pulsarfunc: error: {exc}", file=err)
+        return exc.exit_code
     try:
         written = scaffold(Path(args.name), force=args.force)
     except PulsarFuncError as exc:

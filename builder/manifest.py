@@ -6,7 +6,9 @@ Emits, as one multi-document YAML on stdout:
   it, CPU and memory requests/limits, a non-root read-only container;
 - a Function Mesh `Function` (compute.functionmesh.io/v1alpha1) with the same settings, and the
   ConfigMap of broker URLs it refers to (`--kind` picks one of the two, default both);
-- a ConfigMap holding --function-config, when one is given, mounted where the args point.
+- a ConfigMap holding --function-config, when one is given, mounted where the args point;
+- with --autoscale MIN:MAX, a KEDA ScaledObject (and TriggerAuthentication) scaling the
+  Deployment on the input's backlog, and Function Mesh's own HPA settings (`autoscale`).
 
 Pure: flags in, documents out, no Docker and no cluster. The runtime's own flag table parses
 and checks the function flags (`resolve.resolve_args`), so a manifest never carries a flag the
@@ -28,6 +30,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from pulsarfunc.builder import autoscale
+from pulsarfunc.builder.autoscale import Autoscale
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.errors import ConfigError, PulsarFuncError, UserError
 from pulsarfunc.runtime.options import OPTIONS, Option, build_parser
@@ -58,6 +62,8 @@ class ManifestOptions:
     function_config: str = ""  # contents of --function-config, shipped as a ConfigMap
     auth_token_secret: str = ""
     auth_params_secret: str = ""
+    autoscale: Autoscale | None = None  # None: a fixed replica count
+    notes: tuple[str, ...] = ()  # warnings found while checking the options
 
 
 def k8s_name(text: str) -> str:
@@ -150,7 +156,7 @@ def deployment(config: FunctionConfig, opts: ManifestOptions) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": _metadata(config, opts),
         "spec": {
-            "replicas": opts.replicas,
+            **({} if opts.autoscale else {"replicas": opts.replicas}),  # KEDA's HPA owns it
             "selector": {
                 "matchLabels": {"app.kubernetes.io/name": labels["app.kubernetes.io/name"]}
             },
@@ -256,6 +262,9 @@ def function_mesh(config: FunctionConfig, opts: ManifestOptions) -> dict[str, An
         spec["funcConfig"] = dict(config.user_config)
     if config.timeout_ms is not None:
         spec["timeout"] = config.timeout_ms
+    if opts.autoscale:
+        spec["replicas"] = max(opts.autoscale.min_replicas, 1)
+        spec.update(autoscale.function_mesh_fields(opts.autoscale))
     return {
         "apiVersion": "compute.functionmesh.io/v1alpha1",
         "kind": "Function",
@@ -276,6 +285,14 @@ def render(
             data = {"function-config.yaml": opts.function_config}
             docs.append(config_map(config, opts, "-config", data))
         docs.append(deployment(config, opts))
+        if opts.autoscale:
+            docs += autoscale.keda_documents(
+                config,
+                opts.autoscale,
+                name=k8s_name(config.name),
+                metadata=_metadata(config, opts),
+                token_secret=opts.auth_token_secret,
+            )
     if kind in ("function-mesh", "all"):
         urls = {
             "brokerServiceURL": config.service_url,
@@ -311,6 +328,35 @@ def _parser() -> argparse.ArgumentParser:
     add("--handler", default="", help="the image's handler reference, for Function Mesh")
     add("--auth-token-secret", default="", help="Secret (key `token`) with the broker JWT")
     add("--auth-params-secret", default="", help="Secret (key `params`) with --auth-params")
+    scale = parser.add_argument_group("autoscaling (KEDA for a Deployment, HPA for Function Mesh)")
+    add = scale.add_argument
+    add(
+        "--autoscale",
+        metavar="MIN:MAX",
+        default=None,
+        help="scale between MIN and MAX replicas instead of a fixed --parallelism",
+    )
+    add(
+        "--backlog-threshold",
+        metavar="N",
+        type=int,
+        default=None,
+        help=f"KEDA: target backlog per replica (default {autoscale.DEFAULT_BACKLOG_THRESHOLD})",
+    )
+    add(
+        "--activation-backlog-threshold",
+        metavar="N",
+        type=int,
+        default=None,
+        help="KEDA: backlog above which a function scaled to zero starts (default 0)",
+    )
+    add(
+        "--partitioned-inputs",
+        action="store_true",
+        default=False,
+        help="KEDA: the input topics are partitioned (their backlog is read across partitions)",
+    )
+    add("--admin-url", default="", help="KEDA: Pulsar's admin URL (default from --service-url)")
     return parser
 
 
@@ -368,6 +414,7 @@ def options_from(args: argparse.Namespace) -> tuple[FunctionConfig, ManifestOpti
                 f"store it in a Kubernetes Secret and pass {instead} NAME",
             )
     config = resolve_args(args, {})
+    named = bool(config.name)
     if not config.name:
         config = _named_after(config, args.image)
     function_config, yaml_values = "", dict[str, Any]()
@@ -380,11 +427,24 @@ def options_from(args: argparse.Namespace) -> tuple[FunctionConfig, ManifestOpti
             "--metrics-port 0 picks a random port: the probes need a fixed one",
             f"leave it out (default {DEFAULT_METRICS_PORT}) or name a port",
         )
+    scale = _autoscale(args)
+    if scale and args.parallelism is not None:
+        raise ConfigError(
+            "--parallelism and --autoscale both set the replica count",
+            "keep one: --autoscale MIN:MAX to scale, --parallelism N for a fixed count",
+        )
     replicas = (
         args.parallelism if args.parallelism is not None else yaml_values.get("parallelism", 1)
     )
     if not isinstance(replicas, int) or replicas < 0:
         raise ConfigError(f"--parallelism {replicas!r} is not a whole number >= 0")
+    notes = autoscale.check(config, scale, args.kind, named=named) if scale else []
+    if scale and args.auth_params_secret and args.kind != "function-mesh":
+        notes.append(
+            "the ScaledObject carries no credentials: KEDA's Pulsar scaler takes a bearer token "
+            "(--auth-token-secret), not --auth-params; add a TriggerAuthentication if the admin "
+            "API needs one"
+        )
     cpu = args.cpu if args.cpu is not None else str(resources.get("cpu", "1"))
     ram = args.ram if args.ram is not None else str(resources.get("ram", "1Gi"))
     opts = ManifestOptions(
@@ -399,8 +459,39 @@ def options_from(args: argparse.Namespace) -> tuple[FunctionConfig, ManifestOpti
         function_config=function_config,
         auth_token_secret=args.auth_token_secret,
         auth_params_secret=args.auth_params_secret,
+        autoscale=scale,
+        notes=tuple(notes),
     )
     return config, opts
+
+
+def _autoscale(args: argparse.Namespace) -> Autoscale | None:
+    """The autoscaling flags, or None; a companion flag without --autoscale is an error."""
+    if args.autoscale is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--backlog-threshold", args.backlog_threshold),
+                ("--activation-backlog-threshold", args.activation_backlog_threshold),
+                ("--partitioned-inputs", args.partitioned_inputs or None),
+                ("--admin-url", args.admin_url or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{given[0]} only applies with --autoscale MIN:MAX", "add --autoscale"
+            )
+        return None
+    low, high = autoscale.parse_range(args.autoscale)
+    return Autoscale(
+        min_replicas=low,
+        max_replicas=high,
+        backlog_threshold=args.backlog_threshold,
+        activation_threshold=args.activation_backlog_threshold,
+        partitioned=args.partitioned_inputs,
+        admin_url=args.admin_url,
+    )
 
 
 def _named_after(config: FunctionConfig, image: str) -> FunctionConfig:
@@ -411,6 +502,8 @@ def _named_after(config: FunctionConfig, image: str) -> FunctionConfig:
 
 
 def _warnings(config: FunctionConfig, opts: ManifestOptions, err: TextIO) -> None:
+    for note in opts.notes:
+        print(f"pulsarfunc: warning: {note}", file=err)
     if "--service-url" not in opts.args:
         print(
             f"pulsarfunc: warning: no --service-url: the pods will connect to "

@@ -37,10 +37,16 @@ def scaffold(directory: Path, *, force: bool = False) -> list[Path]:
         )
     name = directory.resolve().name
     values = {"name": name, "image": image_name(name)}
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for template, filename in SCAFFOLD:
-        path = directory / filename
-        path.write_text(render_template(f"init/{template}", values), encoding="utf-8")
-        written.append(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for template, filename in SCAFFOLD:
+            path = directory / filename
+            path.write_text(render_template(f"init/{template}", values), encoding="utf-8")
+            written.append(path)
+    except OSError as exc:
+        raise PlanError(
+            f"cannot write the scaffold into {directory}: {exc.strerror or exc}",
+            hint="choose a NAME in a directory you can write to",
+        ) from exc
     return written

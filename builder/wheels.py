@@ -19,11 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pulsarfunc.builder.errors import DependencyError
+from pulsarfunc.builder.progress import Progress, human_size
 
 __all__ = [
     "StagedDir",
@@ -32,6 +33,7 @@ __all__ = [
     "cache_root",
     "requirements_key",
     "runtime_requirements",
+    "stage_wheels",
 ]
 
 #: Bump when the layout of a staged directory changes, so old cache entries are not reused.
@@ -39,6 +41,12 @@ STAGING_FORMAT = 2
 
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 _NO_VERSION = re.compile(r"Could not find a version that satisfies the requirement (\S+)")
+# pip's own lines for each wheel it fetches: "  Downloading six-1.16.0-py2.py3-none-any.whl (11 kB)"
+_FETCHED = re.compile(r"^\s*(Downloading|Using cached) (?:\S*/)?(\S+\.whl) \(([\d.]+) ([kMG]?B)\)")
+_UNITS = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+#: Told of each wheel pip fetches: file name, size in bytes, whether pip's cache had it.
+OnWheel = Callable[[str, int, bool], None]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,21 @@ class StagedDir:
     path: Path
     key: str
     cached: bool
+    wheels: int = 0  # wheels pip fetched for it (0 when cached)
+    fetched: int = 0  # their bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes installed in the staged directory."""
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def parse_fetched(line: str) -> tuple[str, int, bool] | None:
+    """(wheel file, bytes, from pip's cache) from one line of pip's output, else None."""
+    match = _FETCHED.match(line)
+    if not match:
+        return None
+    return match[2], round(float(match[3]) * _UNITS[match[4]]), match[1] == "Using cached"
 
 
 def cache_root(env: Mapping[str, str]) -> Path:
@@ -127,12 +150,17 @@ class WheelStager:
         self.pip = list(pip)
 
     def stage(
-        self, requirements: Sequence[str], target: Target, provided: Sequence[str] = ()
+        self,
+        requirements: Sequence[str],
+        target: Target,
+        provided: Sequence[str] = (),
+        on_wheel: OnWheel | None = None,
     ) -> StagedDir:
         """The site directory for `requirements`, installing it on a cache miss.
 
         `provided` pins what the image already has (the runtime's dependencies): resolution is
         constrained to those versions, and their copies are left out of the staged directory.
+        `on_wheel` hears of each wheel as pip fetches it.
         """
         key = requirements_key(requirements, target, provided)
         final = self.cache / "wheels" / key
@@ -141,7 +169,7 @@ class WheelStager:
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
         try:
-            self._install(requirements, provided, target, work)
+            fetched = self._install(requirements, provided, target, work, on_wheel)
             _drop_distributions(work / "site", [_package_name(p) for p in provided])
             try:
                 os.rename(work, final)
@@ -150,7 +178,13 @@ class WheelStager:
                     raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return StagedDir(final / "site", key, cached=False)
+        return StagedDir(
+            final / "site",
+            key,
+            cached=False,
+            wheels=len(fetched),
+            fetched=sum(fetched),
+        )
 
     def _install(
         self,
@@ -158,12 +192,15 @@ class WheelStager:
         constraints: Sequence[str],
         target: Target,
         work: Path,
-    ) -> None:
+        on_wheel: OnWheel | None,
+    ) -> list[int]:
+        """Run pip, reading its lines as they come; the sizes of the wheels it fetched."""
         (work / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
         command = [
             *self.pip,
             "install",
-            "--quiet",
+            "--progress-bar",
+            "off",
             "--disable-pip-version-check",
             "--no-compile",
             "--no-warn-script-location",
@@ -182,10 +219,21 @@ class WheelStager:
         if constraints:
             (work / "constraints.txt").write_text("".join(f"{c}\n" for c in constraints))
             command += ["-c", str(work / "constraints.txt")]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise _dependency_error(result.stderr + result.stdout, target)
+        output: list[str] = []
+        sizes: list[int] = []
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as pip:
+            for line in pip.stdout or ():
+                output.append(line)
+                if (wheel := parse_fetched(line)) is not None:
+                    sizes.append(wheel[1])
+                    if on_wheel:
+                        on_wheel(*wheel)
+        if pip.returncode != 0:
+            raise _dependency_error("".join(output), target)
         _prune(work / "site")
+        return sizes
 
 
 def _prune(site: Path) -> None:
@@ -216,3 +264,36 @@ def _drop_distributions(site: Path, names: Sequence[str]) -> None:
     for directory in sorted((d for d in site.rglob("*") if d.is_dir()), reverse=True):
         if not any(directory.iterdir()):
             directory.rmdir()
+
+
+def stage_wheels(
+    stager: WheelStager,
+    progress: Progress,
+    label: str,
+    requirements: Sequence[str],
+    target: Target,
+    provided: Sequence[str] = (),
+) -> StagedDir:
+    """`stager.stage`, telling `progress` of each wheel, the sizes and how long it took."""
+    started = progress.clock()
+    progress.wheels_started(label)
+    try:
+        staged = stager.stage(
+            requirements,
+            target,
+            provided,
+            on_wheel=lambda name, size, cached: progress.wheel(label, name, size, cached),
+        )
+    finally:
+        progress.wheels_done(label)
+    if staged.cached:
+        how = "cached"
+    else:
+        wheels = f"{staged.wheels} wheel{'s' * (staged.wheels != 1)}"
+        how = f"staged: {wheels}, {human_size(staged.fetched)} fetched"
+    progress.stage(
+        f"{label} {how}, {human_size(staged.size)} installed ({staged.key[:12]}): "
+        + ", ".join(requirements),
+        progress.clock() - started,
+    )
+    return staged

@@ -174,6 +174,7 @@ class FunctionConfig:
     window: WindowSettings = field(default_factory=WindowSettings)  # window functions
 
     # the function itself
+    state_storage_service_url: str = ""  # BookKeeper table service (bk://HOST:4181); "" = none
     user_config: Mapping[str, Any] = field(default_factory=frozen_map)
     secrets: Mapping[str, Any] = field(default_factory=frozen_map)
     class_name: str = ""  # Pulsar's className / handler reference, e.g. "module.func"

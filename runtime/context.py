@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pulsarfunc.runtime.compat import PulsarContext
 from pulsarfunc.runtime.config import FunctionConfig
-from pulsarfunc.runtime.errors import PulsarFuncError, UserError
+from pulsarfunc.runtime.errors import PulsarFuncError
 from pulsarfunc.runtime.naming import pulsar_sequence_id
+from pulsarfunc.runtime.state import NoStateError, StateStore, as_bytes
 from pulsarfunc.runtime.transport import InMessage, MessageId, OutMessage
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class FunctionEnv:
     logger: logging.Logger
     secrets: SecretsProvider
     started: datetime.datetime = field(default_factory=_now)  # when the instance started
+    state: StateStore | None = None  # managed state (--state-storage-service-url)
 
 
 class Cursor:
@@ -358,14 +360,37 @@ class Context(PulsarContext):  # type: ignore[misc]  # pulsar-client ships no ty
     def get_redelivery_count(self) -> int:
         return self.redelivery_count
 
-    # -- managed state: needs Pulsar's stream storage, which pulsarfunc does not run ------
-    def _no_state(self, *_: Any) -> Any:
-        raise UserError(
-            "function state (put_state/get_state/counters) is not supported by pulsarfunc",
-            "keep state in a topic, a compacted topic, or an external store",
-        )
+    # -- managed state (state.py): Pulsar's Python Context's calls -----------------------------
+    def _state(self) -> StateStore:
+        store = self._env.state
+        if store is None:
+            raise NoStateError(
+                "function state (counters, put_state/get_state) needs a state storage, and "
+                "none is configured",
+                "pass --state-storage-service-url bk://HOST:4181 (Pulsar's stream storage; "
+                "pip install 'pulsarfunc[state]')",
+            )
+        return store
 
-    incr_counter = get_counter = del_counter = put_state = get_state = _no_state
+    def incr_counter(self, key: str, amount: int) -> None:
+        """Add `amount` to the counter `key` (created at 0)."""
+        self._state().incr(key, int(amount))
+
+    def get_counter(self, key: str) -> int | None:
+        """The counter `key`; None if it does not exist (as Pulsar's Python Context)."""
+        return self._state().counter(key)
+
+    def del_counter(self, key: str) -> None:
+        """Delete the counter (or value) `key`."""
+        self._state().delete(key)
+
+    def put_state(self, key: str, value: bytes | str) -> None:
+        """Store `value` (bytes, or str as UTF-8) under `key`."""
+        self._state().put(key, as_bytes(value))
+
+    def get_state(self, key: str) -> bytes | None:
+        """The value stored under `key`, as bytes; None if there is none."""
+        return self._state().get(key)
 
 
 def bind(ctx: Context | Cursor) -> Any:

@@ -27,6 +27,8 @@ from pulsarfunc.runtime.handler import is_pulsar_function_class
 
 DEFAULT_NAMES = ("handler", "process", "main")
 MODULE_FILES = ("handler.py", "main.py", "function.py")
+#: The hint's pointer to the rule: error messages stay one or two lines.
+RULE_HINT = "`pulsarfunc check --help` shows how PATH[:NAME] finds the handler"
 
 DISCOVERY_RULE = """\
 PATH[:NAME] names the handler.
@@ -65,7 +67,7 @@ def load(ref: str, *, cwd: Path | None = None) -> Loaded:
         if file.suffix != ".py":
             raise HandlerError(
                 f"{target}: not a Python file",
-                f"point at a .py file or a directory\n{DISCOVERY_RULE}",
+                f"point at a .py file or a directory; {RULE_HINT}",
             )
         name, root = _module_of_file(file)
         shown = _shown(file, cwd)
@@ -75,7 +77,7 @@ def load(ref: str, *, cwd: Path | None = None) -> Loaded:
         module = _import(target, cwd, None, shown, cwd)
     else:
         near = path.with_suffix(".py")
-        hint = f"did you mean {target}.py?" if near.is_file() else DISCOVERY_RULE
+        hint = f"did you mean {target}.py?" if near.is_file() else RULE_HINT
         raise HandlerError(f"{target}: no such file or directory (looked in {cwd})", hint)
     return _find(module, attr, shown)
 
@@ -142,11 +144,27 @@ def _pick_file(directory: Path, target: str) -> Path:
     files = sorted(p for p in directory.glob("*.py") if _is_candidate(p))
     if len(files) == 1:
         return files[0]
+    if not files and (packages := _packages(directory)):
+        paths = " or ".join(f"{target.rstrip('/')}/{p.relative_to(directory)}" for p in packages)
+        names = ", ".join(p.name for p in packages)
+        raise HandlerError(
+            f"{target}: holds no module, only the package{'s' * (len(packages) > 1)} {names}",
+            f"give the package's directory as PATH: {paths}",
+        )
     found = ", ".join(p.name for p in files) or "no .py files"
     raise HandlerError(
         f"{target}: expected handler.py, main.py or function.py in the directory. Found: {found}",
-        f"name the file: {target.rstrip('/')}/FILE.py[:NAME]\n{DISCOVERY_RULE}",
+        f"name the file: {target.rstrip('/')}/FILE.py[:NAME]; {RULE_HINT}",
     )
+
+
+def _packages(directory: Path) -> list[Path]:
+    """The packages (directories with an __init__.py) in `directory`, or in its src/ layout."""
+    for where in (directory, directory / "src"):
+        found = sorted(p.parent for p in where.glob("*/__init__.py") if _is_candidate(p.parent))
+        if found:
+            return found
+    return []
 
 
 def _module_of_file(file: Path) -> tuple[str, Path]:
@@ -229,7 +247,7 @@ def _import(name: str, root: Path, file: Path | None, shown: str, cwd: Path) -> 
     except ModuleNotFoundError as e:
         if file is None and e.name and (name == e.name or name.startswith(e.name + ".")):
             raise HandlerError(
-                f"{shown}: no such file, directory or module (looked in {root})", DISCOVERY_RULE
+                f"{shown}: no such file, directory or module (looked in {root})", RULE_HINT
             ) from e
         raise HandlerError(
             f"{shown}: importing it failed{_at(e, root, cwd)}: No module named {e.name!r}",
@@ -332,5 +350,5 @@ def _find(module: ModuleType, attr: str, shown: str, *, where: str = "") -> Load
     raise HandlerError(
         f"{shown} is expected to contain a callable named 'handler', 'process' or 'main', "
         f"or one pulsar.Function subclass. Found: {found}",
-        f"rename your function to handler, or name it: {shown}:NAME\n{DISCOVERY_RULE}",
+        f"rename your function to handler, or name it: {shown}:NAME",
     )

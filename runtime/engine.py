@@ -22,6 +22,8 @@ Engines differ only in how they pick messages and when they settle them:
 An engine's `start()` starts its threads; once `core.stopping` is set they stop taking
 messages, finish what they took and return (`join`); the instance (`instance.py`) waits for the
 tracker to be idle, gives up what is left at the deadline, then `close()`s the engine.
+With `core.handover` set too (a reload: `Instance.swap`), another engine goes on with the same
+consumer: what was taken is settled or stays parked for it; nothing is given back to the broker.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee, SubscriptionType
@@ -191,6 +193,9 @@ class Core:
     metrics: Metrics
     concurrency: int
     stopping: threading.Event
+    # Set before `stopping` when another engine takes over this consumer (a reload): the
+    # parked retries stay in the tracker, and the consumer's queue is left to the next engine.
+    handover: threading.Event = field(default_factory=threading.Event)
 
 
 class Engine(Protocol):

@@ -79,6 +79,9 @@ class AsyncEngine:
         core = self.core
         for thread in self._receivers:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if core.handover.is_set():  # the next engine takes the parked retries over
+            idle = core.tracker.wait_quiet(deadline)
+            return idle and not any(t.is_alive() for t in self._receivers)
         for source in core.broker.sources:  # retries not due yet are not waited for
             core.settler.give_back(source)
         idle = core.tracker.wait_idle(deadline)
@@ -213,7 +216,10 @@ class AsyncEngine:
             self._loop.call_soon_threadsafe(self._arm_retry)
 
     def _arm_retry(self) -> None:
-        """One timer, at the next parked message's time (moved earlier, never doubled)."""
+        """One timer, at the next parked message's time (moved earlier, never doubled); none
+        once stopping: the retries are given back, or taken over by the next engine."""
+        if self.core.stopping.is_set():
+            return
         tracker, sources = self.core.tracker, self.core.broker.sources
         dues = [due for s in sources if (due := tracker.next_due(s)) is not None]
         if not dues:
@@ -228,6 +234,8 @@ class AsyncEngine:
     def _retry_parked(self) -> None:
         """Failed messages the broker cannot redeliver are tried again here once due."""
         self._retry = None
+        if self.core.stopping.is_set():
+            return
         tracker = self.core.tracker
         now = time.monotonic()
         for source in self.core.broker.sources:

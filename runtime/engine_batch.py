@@ -85,11 +85,22 @@ class BatchEngine:
                     elif runner.pending:
                         runner.settle_all()  # idle: settle now
                 runner.settle_ready()
-            if core.concurrency == 1 and core.config.processing_guarantee in ACKED_ON_SUCCESS:
+            if self._finishes_entries():
                 self._finish_open_entries(runner, source, last)
         finally:
             runner.close()
-        core.settler.give_back(source)
+        if not core.handover.is_set():  # a handover leaves the retries to the next engine
+            core.settler.give_back(source)
+
+    def _finishes_entries(self) -> bool:
+        """Whether a stop processes the rest of the producer batches begun: only when the
+        consumer closes next (not on a handover) and acks follow success, on one thread."""
+        core = self.core
+        return (
+            not core.handover.is_set()
+            and core.concurrency == 1
+            and core.config.processing_guarantee in ACKED_ON_SUCCESS
+        )
 
     def close(self) -> None:
         """Nothing to release: the threads end on their own (or are left behind, daemons)."""

@@ -99,7 +99,8 @@ class OrderedEngine:
                 runner.settle_ready()
         finally:
             runner.close()
-        core.settler.give_back(source)
+        if not core.handover.is_set():  # a handover leaves the retries to the next engine
+            core.settler.give_back(source)
 
     # -- lanes by key ------------------------------------------------------------------------------
     def _route(self, source: Source) -> None:
@@ -167,7 +168,8 @@ class OrderedEngine:
             runner.settle_ready()
         for runner in runners.values():
             runner.close()
-            core.settler.give_back(runner.source)
+            if not core.handover.is_set():
+                core.settler.give_back(runner.source)
 
 
 _Work = tuple[Source, Sequence["Parked | InMessage"]]

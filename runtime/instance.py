@@ -6,6 +6,9 @@ instance builds those pieces once, picks the engine, and runs it:
     start   the output and dead-letter producers are created (a topic the broker refuses fails
             the start), then the engine starts taking messages; ready from then on
     run     until `stop()` (SIGTERM, SIGINT)
+    swap    (`pulsarfunc run --watch`) another handler on the same client, consumer and
+            producers: the engine stops taking messages, what it took is settled (or stays
+            parked for a retry), then an engine for the new handler goes on
     stop    the engine stops taking messages and settles what it took; one deadline
             (--drain-timeout-ms) for all of it. What is left at the deadline is negatively
             acknowledged (the broker gives it to the next consumer), and `run` says so: the
@@ -17,6 +20,7 @@ tests run it on Apache Pulsar.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -37,6 +41,7 @@ from pulsarfunc.runtime.engine_async import AsyncEngine
 from pulsarfunc.runtime.engine_batch import BatchEngine
 from pulsarfunc.runtime.engine_batching import BatchingEngine, batch_concurrency, batched
 from pulsarfunc.runtime.engine_ordered import OrderedEngine
+from pulsarfunc.runtime.errors import HandlerError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.invoke import Invoker
 from pulsarfunc.runtime.invoke_batch import BatchInvoker
@@ -44,10 +49,12 @@ from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.settle import Settler, dead_letter_topics
+from pulsarfunc.runtime.state import StateStore
 from pulsarfunc.runtime.tracker import Tracker
 from pulsarfunc.runtime.transport import Broker
 
 _log = logging.getLogger("pulsarfunc.instance")
+_SWAP_REPORT_S = 5.0  # how often a swap waiting for messages in flight says so
 
 
 def choose_engine(core: Core, handler: Handler) -> Engine:
@@ -67,6 +74,35 @@ def choose_engine(core: Core, handler: Handler) -> Engine:
     return BatchEngine(core)
 
 
+def _schema_changes(old: Wire, new: Wire) -> list[str]:
+    """What differs between the schemas two wires register (none: a swap keeps the consumer
+    and producers as they are)."""
+    before = {f"input {t}": s for t, s in old.input_schemas.items()}
+    after = {f"input {t}": s for t, s in new.input_schemas.items()}
+    before["output"], after["output"] = old.output_schema, new.output_schema
+    return [
+        f"{where}: {_schema_name(before.get(where))} -> {_schema_name(after.get(where))}"
+        for where in sorted(before.keys() | after.keys())
+        if _schema_key(before.get(where)) != _schema_key(after.get(where))
+    ]
+
+
+def _schema_key(schema: object) -> object:
+    """A schema as the broker sees it: its type and definition (a reloaded record class makes
+    a new but equal schema object)."""
+    if schema is None:
+        return None
+    info = getattr(schema, "schema_info", None)
+    if info is None:
+        return type(schema).__qualname__
+    got = info()
+    return (str(got.schema_type()), got.schema())
+
+
+def _schema_name(schema: object) -> str:
+    return "none" if schema is None else type(schema).__name__
+
+
 class Instance:
     """Runs one function instance until `stop()`; see the module docstring."""
 
@@ -80,6 +116,7 @@ class Instance:
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
         wire: Wire | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.config = config
         handler = batched(handler, config)
@@ -105,6 +142,7 @@ class Instance:
             services=self._services,
             logger=logger or logging.getLogger(f"pulsarfunc.function.{config.name}"),
             secrets=secrets or (lambda name: None),
+            state=state,
         )
         self.core = Core(
             config=config,
@@ -121,8 +159,13 @@ class Instance:
             concurrency=self.concurrency,
             stopping=threading.Event(),
         )
+        self._wire = wire
+        self._hooks = (tracker.on_ready, tracker.on_parked)  # as no engine has set them
         self.engine = choose_engine(self.core, handler)
         self._started = threading.Event()
+        self._stop = threading.Event()
+        self._swap_lock = threading.Lock()  # one swap at a time; the stop waits for it
+        self._swapping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self, *, ready: Callable[[], None] | None = None) -> bool:
@@ -141,9 +184,12 @@ class Instance:
         self._started.set()
         if ready is not None:
             ready()
-        core.stopping.wait()
+        self._stop.wait()
+        with self._swap_lock:  # a swap under way gives up (or completes) first
+            core, engine = self.core, self.engine
+        core.stopping.set()
         deadline = time.monotonic() + core.config.drain_timeout_ms / 1000.0
-        drained = self.engine.join(deadline) and core.tracker.wait_idle(deadline)
+        drained = engine.join(deadline) and core.tracker.wait_idle(deadline)
         if not drained:
             left = core.tracker.abandon()
             _log.warning(
@@ -157,7 +203,7 @@ class Instance:
                     source.nack(msg)
                 except Exception as exc:
                     _log.warning("cannot nack message %s: %s", msg.message_id(), exc)
-        self.engine.close()
+        engine.close()
         self._flush(deadline)
         core.settler.close()
         self._services.close()
@@ -173,24 +219,129 @@ class Instance:
             _log.warning("outputs still unsent at the stop deadline: the broker is away")
 
     def stop(self) -> None:
-        """Stop taking messages; `run` then drains and returns."""
+        """Stop taking messages; `run` then drains and returns. Safe in a signal handler: it
+        takes no lock (`run` stops the engine a swap may have started meanwhile)."""
+        self._stop.set()
         self.core.stopping.set()
 
     @property
     def stopping(self) -> bool:
-        return self.core.stopping.is_set()
+        return self._stop.is_set()
+
+    @property
+    def started(self) -> bool:
+        """The producers are open and the engine takes messages (`run` got that far)."""
+        return self._started.is_set()
+
+    @property
+    def handler(self) -> Handler:
+        """The handler messages are given to now."""
+        return self.core.invoker.handler
 
     @property
     def alive(self) -> bool:
-        """Liveness: every thread of the engine runs (or the instance is stopping)."""
-        return self.stopping or not self._started.is_set() or self.engine.alive
+        """Liveness: every thread of the engine runs (or the instance is stopping, or swapping
+        its engine)."""
+        return self.stopping or not self._started.is_set() or self._swapping or self.engine.alive
 
     @property
     def ready(self) -> bool:
-        """Readiness: started (producers open, consuming), connected, not stopping."""
+        """Readiness: started (producers open, consuming), connected, not stopping, not between
+        two engines."""
         return (
             self._started.is_set()
             and not self.stopping
+            and not self._swapping
             and self.engine.alive
             and self.broker.connected()
+        )
+
+    # -- reload ----------------------------------------------------------------------------------
+    def swap(self, handler: Handler) -> bool:
+        """Go on with `handler` on the same client, consumer and producers (a reload).
+
+        The engine stops taking messages; the messages it took finish with the handler they
+        started with and are settled as the guarantee says (a failed one stays parked and is
+        retried by the new handler). Then an engine for `handler` (which may be async where the
+        old one was sync) takes over, with the receiver queue, the tracker and the settler as
+        they are: nothing is given back to the broker, nothing is processed twice. Waits as
+        long as messages are in flight (a stop cuts it short). False if the instance is not
+        running: not started yet, or stopping (then nothing changed). A HandlerError, before
+        anything stops, where a swap cannot be made: a window function (its windows hold
+        messages), or a handler whose schemas differ from those registered at the start.
+        """
+        wire = self._swappable(handler)
+        with self._swap_lock:
+            if self._stop.is_set() or not self._started.is_set():
+                return False
+            old, engine = self.core, self.engine
+            self._swapping = True
+            try:
+                old.handover.set()
+                old.stopping.set()
+                if not self._quiesce(old, engine):
+                    return False  # stopping: `run` drains and closes the old engine
+                engine.close()
+                core = self._core_for(handler, wire)
+                old.tracker.on_ready, old.tracker.on_parked = self._hooks
+                self.engine = choose_engine(core, handler)
+                self.core, self.concurrency = core, core.concurrency
+                self.engine.start()
+                if core.tracker.parked():
+                    core.tracker.on_parked()  # an event-loop engine arms its retry timer
+            except BaseException:
+                self.stop()  # no engine may be taking messages: stop rather than sit idle
+                raise
+            finally:
+                self._swapping = False
+        _log.info("swapped the handler: %s", handler.describe())
+        return True
+
+    def _quiesce(self, core: Core, engine: Engine) -> bool:
+        """Wait until `engine` took its last message and nothing but parked retries is in
+        flight; False if the instance is told to stop meanwhile."""
+        began = reported = time.monotonic()
+        while True:
+            soon = time.monotonic() + 0.1
+            if engine.join(soon) and core.tracker.wait_quiet(soon):
+                return True
+            if self._stop.is_set():
+                return False
+            if time.monotonic() - reported >= _SWAP_REPORT_S:
+                reported = time.monotonic()
+                _log.warning(
+                    "reload waits for the messages in flight (%d, %.0f s so far) to finish "
+                    "with the previous handler",
+                    core.tracker.in_flight - core.tracker.parked(),
+                    reported - began,
+                )
+
+    def _swappable(self, handler: Handler) -> Wire:
+        """The wire of `handler`, if it can take over; else HandlerError saying why not."""
+        restart = "restart `pulsarfunc run` to use it"
+        if self.config.window.enabled:
+            raise HandlerError(
+                "a window function is not reloaded: its windows hold messages", restart
+            )
+        wire = wire_for(self.config, handler.input_codec, handler.output_codec)
+        changed = _schema_changes(self._wire, wire)
+        if changed:
+            raise HandlerError(
+                f"{handler.signature}: the schema changed ({'; '.join(changed)}), and the "
+                "consumer and producers registered the previous one",
+                restart,
+            )
+        return wire
+
+    def _core_for(self, handler: Handler, wire: Wire) -> Core:
+        """The instance's core with `handler`'s invoker and outputs, and fresh stop events."""
+        core = self.core
+        concurrency = effective_concurrency(core.config, handler.is_async)
+        return dataclasses.replace(
+            core,
+            invoker=Invoker.for_config(handler, core.config, concurrency, wire),
+            outputs=Outputs.for_config(core.config, handler, wire),
+            concurrency=concurrency,
+            stopping=threading.Event(),
+            handover=threading.Event(),
         )

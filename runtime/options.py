@@ -299,6 +299,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-window-messages", "window.max_window_messages", _WINDOW,
            "messages a window function holds at most (default: 10 x --receiver-queue-size)",
            "N", "a whole number >= 1", _integer),
+    Option("--state-storage-service-url", "state_storage_service_url", _FUNCTION,
+           "managed state (counters, put_state): Pulsar's state storage, the BookKeeper table "
+           "service (needs pulsarfunc[state])", "bk://HOST:4181", "bk://HOST:PORT"),
     Option("--user-config", "user_config", _FUNCTION,
            "user config: a JSON object, or @FILE holding one", "JSON|@FILE",
            'a JSON object, e.g. {"key": "value"}, or @FILE', _json_object),

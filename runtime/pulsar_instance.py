@@ -40,6 +40,7 @@ _VALUES = {
     "metrics_port": "--metrics-port",
     "logging_level": "--log-level",
     "cluster_name": "--cluster-name",
+    "state_storage_serviceurl": "--state-storage-service-url",
 }
 # Pulsar's "true"/"false" flags -> pulsarfunc switches (read with every boolean's words).
 _SWITCHES = {
@@ -61,7 +62,6 @@ _IGNORED = (
     "install_usercode_dependencies",
     "dependency_repository",
     "extra_dependency_repository",
-    "state_storage_serviceurl",
 )
 
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.errors import HandlerError, PulsarFuncError
@@ -25,6 +25,13 @@ from pulsarfunc.runtime.logs import setup_logging
 from pulsarfunc.runtime.naming import function_id
 from pulsarfunc.runtime.schemas import wire_for
 from pulsarfunc.runtime.secrets import SecretsMap
+from pulsarfunc.runtime.state import open_state
+
+if TYPE_CHECKING:
+    from pulsarfunc.runtime.instance import Instance
+
+Attach = Callable[["Instance"], contextlib.AbstractContextManager[object]]
+"""Something to run beside the instance while it runs (`--watch`: the file watcher)."""
 
 _log = logging.getLogger("pulsarfunc")
 
@@ -52,11 +59,13 @@ def run(
     where: str = "",
     ready: Callable[[], None] | None = None,
     stop: threading.Event | None = None,
+    attach: Attach | None = None,
 ) -> bool:
     """Run `handler` as a function instance until stopped (signal or `stop` event).
 
     True when the graceful stop settled every message; False when the drain deadline passed
-    with messages left (negatively acknowledged for redelivery).
+    with messages left (negatively acknowledged for redelivery). `attach(instance)` is entered
+    before the run and left after it, before the client closes.
     """
     from pulsarfunc.runtime.broker import PulsarBroker
     from pulsarfunc.runtime.engine_batching import batched
@@ -83,8 +92,9 @@ def run(
     for line in wire.describe():
         _log.info("  %s", line)
     metrics = Metrics()
-    with contextlib.ExitStack() as ops:  # closes in reverse: log topic, broker, metrics server
+    with contextlib.ExitStack() as ops:  # closes in reverse: attached, log topic, broker, server
         server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
+        state = open_state(config)  # unreachable: the start fails here, with the reason
         broker = PulsarBroker(config, wire)
         ops.callback(broker.close)
         ops.enter_context(publishing_logs(config, broker))
@@ -95,9 +105,12 @@ def run(
             secrets=SecretsMap(config.secrets, env or {}),
             metrics=metrics,
             wire=wire,
+            state=state,
         )
         if server is not None:
             server.watch(instance)
+        if attach is not None:
+            ops.enter_context(attach(instance))
         restore = _on_signals(instance.stop)
         if stop is not None:
 
@@ -162,10 +175,11 @@ def main_with(
     *,
     where: str = "",
     prog: str = "pulsarfunc run",
+    attach: Attach | None = None,
 ) -> int:
     """A function program's main: resolve config from argv/env, run; returns the exit code.
 
-    `prog` names the program in `--help` unless PULSARFUNC_PROG does.
+    `prog` names the program in `--help` unless PULSARFUNC_PROG does; `attach` as for `run`.
     """
     from pulsarfunc.runtime.resolve import launch, resolve  # YAML and protobuf: only for main
 
@@ -182,7 +196,7 @@ def main_with(
                 if not windowed:
                     raise
         config = resolve(argv, env, prog=settings.prog)
-        drained = run(handler, config, env=env, where=where)
+        drained = run(handler, config, env=env, where=where, attach=attach)
     except Exception as exc:
         return report(exc, debug=settings.debug)
     return 0 if drained else 1

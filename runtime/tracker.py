@@ -13,6 +13,7 @@ from any thread:
     claim / claim_group                 settlement begins: once, and never after `abandon`
     finished                            settled: out of flight
     wait_idle / abandon                 a graceful stop: wait, then give up what is left
+    wait_quiet                          a reload: wait until nothing but parked retries is left
 
 Send receipts come on the Pulsar client's IO thread: there they only record. A ticket that
 becomes ready there is handed to `on_ready`, which the engine sets to hand it to its own thread;
@@ -264,6 +265,7 @@ class Tracker:
                 self._parked.extendleft(reversed(items))
             else:
                 self._parked.extend(items)
+            self._idle.notify_all()  # `wait_quiet` counts parked messages as done
         self.on_parked()
 
     def due(
@@ -365,6 +367,18 @@ class Tracker:
         """Wait until nothing is in flight, or the monotonic `deadline`; True if idle."""
         with self._idle:
             while self._in_flight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+        return True
+
+    def wait_quiet(self, deadline: float) -> bool:
+        """Wait until every message in flight is parked (waiting for a retry, nothing being
+        processed or sent), or the monotonic `deadline`; True if quiet. A reload swaps the
+        handler then, and the next engine takes the parked ones over."""
+        with self._idle:
+            while self._in_flight > len(self._parked):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

@@ -5,8 +5,12 @@
 #
 # Idempotent: every step checks first and skips what is already there. Everything expensive is
 # cached under $PULSARFUNC_CACHE (default ~/.cache/pulsarfunc), keyed by version, so a warm run
-# takes seconds. Needs root (apt, dockerd). Usage: sudo scripts/bootstrap.sh
+# takes seconds. Needs root (apt, dockerd). Usage: scripts/bootstrap.sh (re-runs itself with sudo
+# when not root)
 set -euo pipefail
+# shellcheck source=lib/as-root.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/as-root.sh"
+as_root "${BASH_SOURCE[0]}" "$@"
 
 PULSAR_VERSION=4.0.8
 SUITE=bookworm
@@ -221,7 +225,6 @@ EOF
 }
 
 # --- main --------------------------------------------------------------------------------------
-[[ $(id -u) -eq 0 ]] || die "needs root (apt-get, dockerd): run 'sudo scripts/bootstrap.sh'"
 mkdir -p "${CACHE}" "${PULSAR_DIR}"
 
 step "apt packages" step_packages

@@ -32,6 +32,7 @@ from docker.models.containers import Container
 from docker.types import EndpointConfig
 from pulsar_helpers import (
     PulsarBroker,
+    StateBroker,
     admin_get,
     stage_pulsar_client,
     unique_topic,
@@ -43,9 +44,10 @@ PID_LABEL = "pulsarfunc.test-pid"
 HOST_LABEL = "pulsarfunc.test-host"
 DEFAULT_PULSAR_IMAGE = "apachepulsar/pulsar:4.0.8"
 BROKER_ALIAS = "pulsar"
+STATE_ALIAS = "pulsar-state"  # the broker with stream storage (managed-state tests)
 READY_TIMEOUT_S = 90.0
 BOOTSTRAP_HINT = (
-    "run `sudo scripts/bootstrap.sh` and `source ~/.cache/pulsarfunc/local-images.env` "
+    "run `scripts/bootstrap.sh` (as root) and `source ~/.cache/pulsarfunc/local-images.env` "
     "(or use `scripts/test`, which does both)"
 )
 
@@ -247,20 +249,31 @@ def _ensure_image(client: docker.DockerClient, image: str) -> None:
 
 
 def _run_broker(
-    client: docker.DockerClient, image: str, network: str, labels: dict[str, str]
+    client: docker.DockerClient,
+    image: str,
+    network: str,
+    labels: dict[str, str],
+    *,
+    kind: str = "pulsar",
+    alias: str = BROKER_ALIAS,
+    extra_ports: tuple[int, ...] = (),
+    command: list[str] | None = None,
+    environment: dict[str, str] | None = None,
 ) -> tuple[Container, dict[int, int]]:
     """Start the broker with fixed loopback host ports, so a `docker restart` keeps its URLs.
 
     Ports are picked free, then bound by Docker; another process may take one in between, so
     "already allocated" is retried with new ports.
     """
-    name = f"pulsarfunc-pulsar-{labels[SESSION_LABEL]}"
-    endpoint = EndpointConfig(client.api.api_version, aliases=[BROKER_ALIAS])
+    name = f"pulsarfunc-{kind}-{labels[SESSION_LABEL]}"
+    endpoint = EndpointConfig(client.api.api_version, aliases=[alias])
     for _attempt in range(5):
-        ports = {6650: _free_port(), 8080: _free_port()}
+        ports = {port: _free_port() for port in (6650, 8080, *extra_ports)}
         try:
             container: Container = client.containers.run(
                 image,
+                command=command,
+                environment=environment,
                 name=name,
                 detach=True,
                 labels=labels,
@@ -303,6 +316,69 @@ def _wait_for_broker(container: Container, admin_url: str) -> None:
             "check memory/disk (`docker stats`, `df -h`) and that PULSAR_IMAGE runs "
             "`bin/pulsar standalone` (pulsarfunc-local/pulsar:4.0.8 from scripts/bootstrap.sh)",
         )
+
+
+@pytest.fixture(scope="session")
+def pulsar_with_state(request: pytest.FixtureRequest) -> Iterator[StateBroker]:
+    """A second broker, with Pulsar's stream storage (the table service on 4181), for the
+    managed-state tests only: it costs another ~1 GB. Pulsar 4.0.8 standalone starts stream
+    storage only without -nss and on ZooKeeper (PULSAR_STANDALONE_USE_ZOOKEEPER=1)."""
+    external = os.environ.get("PULSAR_STATE_STORAGE_URL")
+    if os.environ.get("PULSAR_SERVICE_URL"):
+        if not external:
+            pytest.skip("an external broker: set PULSAR_STATE_STORAGE_URL for the state tests")
+        broker = request.getfixturevalue("pulsar")
+        yield StateBroker(broker, external, external)
+        return
+    client: docker.DockerClient = request.getfixturevalue("docker_client")
+    network: str = request.getfixturevalue("docker_network")
+    labels: dict[str, str] = request.getfixturevalue("docker_labels")
+    image = os.environ.get("PULSAR_IMAGE") or DEFAULT_PULSAR_IMAGE
+    _ensure_image(client, image)
+    container, ports = _run_broker(
+        client,
+        image,
+        network,
+        labels,
+        kind="pulsar-state",
+        alias=STATE_ALIAS,
+        extra_ports=(4181,),
+        command=["bin/pulsar", "standalone", "-nfw"],
+        environment={"PULSAR_STANDALONE_USE_ZOOKEEPER": "1"},
+    )
+    try:
+        admin_url = f"http://127.0.0.1:{ports[8080]}"
+        _wait_for_broker(container, admin_url)
+        state_url = f"bk://127.0.0.1:{ports[4181]}"
+        _wait_for_state_storage(container, state_url)
+        broker = PulsarBroker(
+            service_url=f"pulsar://127.0.0.1:{ports[6650]}",
+            internal_service_url=f"pulsar://{STATE_ALIAS}:6650",
+            admin_url=admin_url,
+            network=network,
+            container=container,
+            version=str(admin_get(admin_url, "/admin/v2/brokers/version")),
+        )
+        yield StateBroker(broker, state_url, f"bk://{STATE_ALIAS}:4181")
+    finally:
+        with contextlib.suppress(NotFound):
+            container.remove(force=True, v=True)
+
+
+def _wait_for_state_storage(container: Container, state_url: str) -> None:
+    """Until the table service answers (its port opens before it serves)."""
+    from pulsarfunc.runtime.state import BookKeeperState, StateError
+
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            BookKeeperState(state_url, "pulsarfunc_ready", "probe").counter("probe")
+            return
+        except StateError as e:
+            if time.monotonic() > deadline:
+                logs = container.logs(tail=40).decode(errors="replace")
+                _unavailable(f"stream storage at {state_url} not ready: {e}\n{logs}")
+            time.sleep(1)
 
 
 @pytest.fixture(scope="session")

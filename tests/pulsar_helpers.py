@@ -44,6 +44,15 @@ class PulsarBroker:
 
 
 @dataclass(frozen=True)
+class StateBroker:
+    """A broker with Pulsar's stream storage: managed state at `state_url` (bk://HOST:PORT)."""
+
+    broker: PulsarBroker
+    state_url: str  # from the host
+    internal_state_url: str  # from containers on the broker's network
+
+
+@dataclass(frozen=True)
 class Received:
     """One consumed message, reduced to what tests assert on."""
 

@@ -133,9 +133,9 @@ def test_readyz_turns_ready_once_subscribed(
     connect = threading.Event()
     original = broker_module.PulsarBroker.__init__
 
-    def held(self: Any, config: Any) -> None:
+    def held(self: Any, *args: Any) -> None:
         connect.wait(30)  # the metrics server is up; the subscription waits for the test
-        original(self, config)
+        original(self, *args)
 
     monkeypatch.setattr(broker_module.PulsarBroker, "__init__", held)
     config = config_for(pulsar.service_url, src, metrics_port=port)

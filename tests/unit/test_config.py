@@ -96,6 +96,8 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--watermark-emit-interval-ms", "250", "window.watermark_emit_interval_ms", 250),
     ("--late-data-topic", "late", "window.late_data_topic", "persistent://public/default/late"),
     ("--max-window-messages", "5000", "window.max_window_messages", 5000),
+    ("--state-storage-service-url", "bk://pulsar:4181", "state_storage_service_url",
+     "bk://pulsar:4181"),
     ("--user-config", '{"a": [1, 2]}', "user_config", {"a": [1, 2]}),
     ("--secrets", '{"pw": "PASSWORD_VAR"}', "secrets", {"pw": "PASSWORD_VAR"}),
     ("--log-level", "warn", "log_level", "WARNING"),

@@ -332,10 +332,16 @@ def test_a_nacked_batch_comes_back_whole_but_only_the_failed_message_runs_again(
     flaky = FailsOnce("m2")
     with started(flaky, broker, redelivery_delay_ms=0) as inst:
         wait_for(lambda: inst.metrics.snapshot().processed_successfully == 5)
-        wait_for(lambda: inst.metrics.snapshot().copies_skipped == 4)
+        # m0 and m1 were acked before m2's nack brought the entry back; m3 and m4 too when
+        # the engine took all five in one group (it may take fewer at first): each such copy
+        # is acknowledged on arrival, not processed again
+        wait_for(lambda: inst.metrics.snapshot().copies_skipped >= 2)
+        copies = inst.metrics.snapshot().copies_skipped
     assert sorted(flaky.calls) == ["m0", "m1", "m2", "m2", "m3", "m4"]
     assert sorted(payloads(broker)) == [b"m0", b"m1", b"m2", b"m3", b"m4"]  # no duplicates
-    assert len(broker.sources[0].acked) == 5 + 4  # the four copies are acked on arrival
+    acked = [m.payload for m in broker.sources[0].acked]
+    assert sorted(set(acked)) == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert len(acked) == 5 + copies
 
 
 def test_a_graceful_stop_finishes_the_producer_batches_it_began() -> None:

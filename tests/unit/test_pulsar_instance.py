@@ -59,8 +59,13 @@ def test_function_mesh_command_line_resolves_to_the_function_it_describes() -> N
 
 
 def test_ignored_flags_leave_no_trace() -> None:
-    args = translate(["--py", "x.py", "--port", "9093", "--state_storage_serviceurl", "bk://x"])
+    args = translate(["--py", "x.py", "--port", "9093", "--logging_directory", "logs"])
     assert args == []
+
+
+def test_the_state_storage_url_maps_to_pulsarfunc_s_flag() -> None:
+    args = translate(["--state_storage_serviceurl", "bk://pulsar:4181"])
+    assert args == ["--state-storage-service-url", "bk://pulsar:4181"]
 
 
 def test_config_file_fills_what_the_command_line_leaves_out(tmp_path: Path) -> None:
