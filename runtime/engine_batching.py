@@ -33,7 +33,6 @@ from pulsarfunc.runtime.engine_batch import BatchEngine
 from pulsarfunc.runtime.errors import ConfigError
 from pulsarfunc.runtime.groups import GroupRunner
 from pulsarfunc.runtime.handler import Handler, batch_form
-from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS
 from pulsarfunc.runtime.transport import InMessage, Source
 
 _log = logging.getLogger("pulsarfunc.instance")
@@ -96,15 +95,12 @@ class BatchingEngine(BatchEngine):
                 else:
                     last = self._step(source, runner) or last
                 runner.settle_ready()
-            if (
-                not self.in_order
-                and core.concurrency == 1
-                and core.config.processing_guarantee in ACKED_ON_SUCCESS
-            ):
+            if not self.in_order and self._finishes_entries():
                 self._finish_open_entries(runner, source, last)
         finally:
             runner.close()
-        core.settler.give_back(source)
+        if not core.handover.is_set():  # a handover leaves the retries to the next engine
+            core.settler.give_back(source)
 
     def _step(self, source: Source, runner: GroupRunner) -> list[InMessage]:
         """One batch (due retries first), as the batch engine runs a group; what was taken."""

@@ -74,6 +74,19 @@ def choose_engine(core: Core, handler: Handler) -> Engine:
     return BatchEngine(core)
 
 
+def _concurrency(config: FunctionConfig, handler: Handler) -> int:
+    """Threads (or event-loop tasks) calling `handler` at once."""
+    if handler.batch_size:
+        return batch_concurrency(config)
+    return effective_concurrency(config, handler.is_async)
+
+
+def _invoker(handler: Handler, config: FunctionConfig, concurrency: int, wire: Wire) -> Invoker:
+    """The invoker of `handler`: a batch handler's calls it once per batch."""
+    kind = BatchInvoker if handler.batch_size else Invoker
+    return kind.for_config(handler, config, concurrency, wire)
+
+
 def _schema_changes(old: Wire, new: Wire) -> list[str]:
     """What differs between the schemas two wires register (none: a swap keeps the consumer
     and producers as they are)."""
@@ -123,11 +136,7 @@ class Instance:
         wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
         self.broker = broker
         self.metrics = metrics or Metrics()
-        self.concurrency = (
-            batch_concurrency(config)
-            if handler.batch_size
-            else effective_concurrency(config, handler.is_async)
-        )
+        self.concurrency = _concurrency(config, handler)
         if ordered(config) and config.concurrency > 1:
             _log.warning(
                 "concurrency %d lowered to 1: retain-ordering/effectively-once keep input order",
@@ -147,9 +156,7 @@ class Instance:
         self.core = Core(
             config=config,
             broker=broker,
-            invoker=(BatchInvoker if handler.batch_size else Invoker).for_config(
-                handler, config, self.concurrency, wire
-            ),
+            invoker=_invoker(handler, config, self.concurrency, wire),
             outputs=Outputs.for_config(config, handler, wire),
             tracker=tracker,
             settler=settler,
@@ -270,6 +277,7 @@ class Instance:
         anything stops, where a swap cannot be made: a window function (its windows hold
         messages), or a handler whose schemas differ from those registered at the start.
         """
+        handler = batched(handler, self.config)  # a batch handler's codecs are per item
         wire = self._swappable(handler)
         with self._swap_lock:
             if self._stop.is_set() or not self._started.is_set():
@@ -336,10 +344,10 @@ class Instance:
     def _core_for(self, handler: Handler, wire: Wire) -> Core:
         """The instance's core with `handler`'s invoker and outputs, and fresh stop events."""
         core = self.core
-        concurrency = effective_concurrency(core.config, handler.is_async)
+        concurrency = _concurrency(core.config, handler)
         return dataclasses.replace(
             core,
-            invoker=Invoker.for_config(handler, core.config, concurrency, wire),
+            invoker=_invoker(handler, core.config, concurrency, wire),
             outputs=Outputs.for_config(core.config, handler, wire),
             concurrency=concurrency,
             stopping=threading.Event(),

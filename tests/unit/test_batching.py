@@ -19,7 +19,7 @@ from waiting import wait_for
 from pulsarfunc import Batch, BatchItemFailures, Context, current_context
 from pulsarfunc.runtime.batching import BatchItemError, BatchResultError
 from pulsarfunc.runtime.config import ProcessingGuarantee, SubscriptionType, WindowSettings
-from pulsarfunc.runtime.engine_batching import batched
+from pulsarfunc.runtime.engine_batching import BatchingEngine, batched
 from pulsarfunc.runtime.errors import ConfigError, HandlerError
 from pulsarfunc.runtime.handler import inspect_handler
 from pulsarfunc.runtime.resolve import resolve
@@ -507,3 +507,52 @@ def test_a_pulsar_function_class_with_the_batch_flag_gets_a_list() -> None:
     with started(handler, broker, batch_max_size=4):
         wait_for(lambda: len(broker.sources[0].acked) == 4)
     assert payloads(broker) == [b"M0", b"M1", b"M2", b"M3"]  # Pulsar's serde, per item
+
+
+def test_a_reload_swaps_between_a_single_message_and_a_batch_handler() -> None:
+    broker = FakeBroker()
+    feed(broker, 10)
+
+    def single(text: str) -> str:
+        return f"one:{text}"
+
+    sizes: list[int] = []
+
+    def batch(items: Batch[str]) -> list[str]:
+        sizes.append(len(items))
+        return [f"many:{i}" for i in items]
+
+    with started(single, broker) as instance:
+        wait_for(lambda: len(broker.sources[0].acked) == 10)
+        assert instance.swap(inspect_handler(batch))
+        assert type(instance.engine) is BatchingEngine
+        broker.feed(*(FakeMessage(f"n{i}".encode()) for i in range(10)))
+        wait_for(lambda: len(broker.sources[0].acked) == 20)
+        assert instance.swap(inspect_handler(single))
+        assert type(instance.engine) is not BatchingEngine
+        broker.feed(FakeMessage(b"last"))
+        wait_for(lambda: len(broker.sources[0].acked) == 21)
+    out = [p.decode() for p in payloads(broker)]
+    assert out == [f"one:m{i}" for i in range(10)] + [f"many:n{i}" for i in range(10)] + [
+        "one:last"
+    ]
+    assert sum(sizes) == 10
+    assert max(sizes) > 1
+
+
+def test_a_reload_under_the_batch_flag_makes_the_new_handler_a_batch_handler_too() -> None:
+    broker = FakeBroker()
+
+    def first(items: list[str]) -> list[str]:
+        return [f"a:{i}" for i in items]
+
+    def second(items: list[int]) -> list[int]:
+        return [i * 10 for i in items]
+
+    with started(first, broker, batch_max_size=5) as instance:
+        broker.feed(FakeMessage(b"x"))
+        wait_for(lambda: len(broker.sources[0].acked) == 1)
+        assert instance.swap(inspect_handler(second))
+        broker.feed(FakeMessage(b"1"), FakeMessage(b"2"))
+        wait_for(lambda: len(broker.sources[0].acked) == 3)
+    assert payloads(broker) == [b"a:x", b"10", b"20"]  # items decoded as int, per item
