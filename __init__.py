@@ -9,6 +9,7 @@ start(exclaim)
 """
 
 from pulsarfunc._version import __version__
+from pulsarfunc.runtime.batching import Batch, BatchItemFailures
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import Context, current_context
 from pulsarfunc.runtime.errors import PulsarFuncError, UserError
@@ -16,6 +17,8 @@ from pulsarfunc.runtime.start import start
 from pulsarfunc.runtime.windows import WindowRecord
 
 __all__ = [
+    "Batch",
+    "BatchItemFailures",
     "Context",
     "FunctionConfig",
     "ProcessingGuarantee",

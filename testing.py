@@ -6,6 +6,14 @@
         result = run_function(handler, ["pulsar"], user_config={"greeting": "hi"})
         assert result.outputs == ["hi pulsar"]
 
+A batch handler (a `Batch[T]` input, or `config=FunctionConfig(batch_max_size=N)`) is called
+with the inputs in order, grouped by its batch size (100 for `Batch[T]`, else N): the last
+batch holds the rest. Each input still has its own `Call` (its output, its error, `batch`: the
+index of its batch). Per-item failures (an exception object returned in an item's place, or
+`BatchItemFailures`) are outcomes, recorded on their items' calls and never raised; an
+exception that fails the whole batch is raised, or with `raise_errors=False` recorded on every
+item of that batch.
+
 The handler is checked and called through the runtime's own invocation core
 (`pulsarfunc.runtime.invoke`: same forms and argument order, same codecs, the real `Context`, the
 configured timeout), one input at a time, in order. Each input is what a producer would send: bytes
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -33,8 +42,10 @@ from typing import Any
 from pulsarfunc.runtime.codec import AUTO, SerdeCodec
 from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.context import Context, FunctionEnv
+from pulsarfunc.runtime.engine_batching import batched
 from pulsarfunc.runtime.handler import Handler, inspect_handler
 from pulsarfunc.runtime.invoke import Invoker
+from pulsarfunc.runtime.invoke_batch import BatchInvoker
 from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.schemas import SchemaCodec
 from pulsarfunc.runtime.settle import ACKED_ON_SUCCESS
@@ -88,6 +99,7 @@ class Call:
     payloads: list[bytes] = field(default_factory=list)  # the outputs, encoded
     error: BaseException | None = None
     acked: bool = False  # by context.ack(), or by the guarantee (see `run_function`)
+    batch: int | None = None  # a batch handler's: the index of the batch the input was in
 
 
 @dataclass
@@ -274,6 +286,7 @@ def run_function(
     """
     spec = handler if isinstance(handler, Handler) else inspect_handler(handler, where="test")
     base = config or FunctionConfig()
+    spec = batched(spec, base)
     if user_config:
         base = dataclasses.replace(base, user_config={**base.user_config, **user_config})
     cfg = complete(base, spec)
@@ -288,7 +301,8 @@ def run_function(
     logger.addHandler(capture)
     logger.setLevel(logging.DEBUG)  # every record is captured, whatever the root level
     try:
-        _run(spec, cfg, env, list(inputs), calls, raise_errors)
+        run = _run_batches if spec.batch_size else _run
+        run(spec, cfg, env, list(inputs), calls, raise_errors)
     finally:
         logger.removeHandler(capture)
         logger.setLevel(level)
@@ -332,6 +346,70 @@ def _run(
                 continue
             if guarantee in ACKED_ON_SUCCESS:  # the runtime's own rule (settle.py)
                 source.ack(raw)
+
+
+def _run_batches(
+    spec: Handler,
+    cfg: FunctionConfig,
+    env: FunctionEnv,
+    inputs: Sequence[Any],
+    calls: list[Call],
+    raise_errors: bool,
+) -> None:
+    """`_run` for a batch handler: the inputs in order, `spec.batch_size` at a time."""
+    default_topic = cfg.inputs[0].topic if cfg.inputs else DEFAULT_INPUT
+    invoker = BatchInvoker.for_config(spec, cfg)
+    outputs = Outputs.for_config(cfg, spec)
+    guarantee = cfg.processing_guarantee
+    source = _Source(calls)
+    with _Loop(spec.is_async) as call:
+        for start in range(0, len(inputs), invoker.size):
+            batch: list[tuple[_InMessage, Call]] = []
+            for i, item in enumerate(inputs[start : start + invoker.size], start):
+                message = item if isinstance(item, Message) else Message(item)
+                topic = message.topic or default_topic
+                raw = _InMessage(_payload(invoker, topic, message.value), message, topic, _Id(i))
+                result = Call(input=None, batch=start // invoker.size)
+                calls.append(result)
+                if guarantee is ProcessingGuarantee.ATMOST_ONCE:
+                    source.ack(raw)
+                try:
+                    result.input = invoker.decode(raw)
+                except Exception as exc:  # this input alone fails, as in the runtime
+                    result.error = exc
+                    if raise_errors:
+                        raise
+                    continue
+                batch.append((raw, result))
+            if not batch:
+                continue
+            first = batch[0][0]
+            ctx = Context(env, first, Ticket(source, first))
+            try:
+                outcomes = invoker.outcomes(
+                    functools.partial(_same, ctx),
+                    [result.input for _, result in batch],
+                    lambda ctx, values: call(invoker, ctx, values),
+                )
+            except Exception as exc:  # not per item: the whole batch fails
+                for _, result in batch:
+                    result.error = exc
+                if raise_errors:
+                    raise
+                continue
+            for (raw, result), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    result.error = outcome
+                    continue
+                if outcome is not None:
+                    result.payloads.append(outputs.encode(outcome))
+                    result.outputs.append(outcome)
+                if guarantee in ACKED_ON_SUCCESS:
+                    source.ack(raw)
+
+
+def _same(ctx: Context) -> Context:
+    return ctx
 
 
 def _payload(invoker: Invoker, topic: str, value: Any) -> bytes:

@@ -20,7 +20,8 @@ Python instance (python_instance_main.py of $PULSAR_HOME, in a venv of its own u
 (e) a 10 ms I/O wait per message (asyncio.sleep and time.sleep) at concurrency 1, 16 and 64;
 (f) the same trivial function on a ~100-byte record under a JSON and an AVRO schema (issue 13:
 drain only, beside the bytes case); (g) a tumbling count window of 100 summing the backlog
-(issue 14: msg/s of inputs, drain only).
+(issue 14: msg/s of inputs, drain only); (h) a batch handler returning each input (issue 14:
+100 inputs a call, drains at 1x or better of the sync default).
 With --baseline REF, the old commit runs beside this tree (issue 12): the same venv python runs
 `python -m pulsarfunc run`, sync and async at the default concurrency, from a git worktree of
 REF first on PYTHONPATH (bench/baseline.py; removed at exit) on this tree's bench/fns, each
@@ -372,6 +373,7 @@ SAMPLED_ENV = {
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
     "OTEL_TRACES_SAMPLER_ARG": "0.01",
 }
+BATCH_ECHO = "h pulsarfunc run, batch handler returning each input"
 
 
 def baseline_case(short: str, case: str) -> str:
@@ -479,6 +481,9 @@ def verdicts(
     window = _per_round_ratio(results.get(WINDOW_SUM), results.get(SYNC_DEFAULT))
     add("g/b: tumbling count window of 100 vs sync default (msg/s; issue 14)", window, ">= 0.8",
         _at_least(window, 0.8))  # fmt: skip
+    batch = _per_round_ratio(results.get(BATCH_ECHO), results.get(SYNC_DEFAULT))
+    add("h/b: batch handler returning each input vs sync default (msg/s; issue 14)", batch,
+        ">= 1", _at_least(batch, 1.0))  # fmt: skip
     for schema in ("JSON", "AVRO"):
         case = f"f pulsarfunc run, {schema} schema, default concurrency"
         ratio = _per_round_ratio(results.get(case), results.get(SYNC_DEFAULT))
@@ -570,6 +575,7 @@ def main(argv: Sequence[str]) -> int:
         sampled = localrun(fn, dflt, workdir, tracing=SAMPLED_ENV)
         cases.insert(at, (case + SAMPLED, sampled, {}))
         cases.insert(at, (case + TRACED, localrun(fn, dflt, workdir, tracing=TRACING_ENV), {}))
+    cases.append((BATCH_ECHO, localrun("echo_batch", dflt, workdir), {}))  # issue 14
     if baseline is not None:  # each right after this tree's case, in every round
         for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
             at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)

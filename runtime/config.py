@@ -169,6 +169,8 @@ class FunctionConfig:
     redelivery_delay_ms: int = 1000  # nack delay; Pulsar's 60 s default is too slow for a function
     timeout_ms: int | None = None  # handler timeout per message; None = no limit
     drain_timeout_ms: int = 30_000  # graceful stop's one deadline; then the rest is nacked
+    batch_max_size: int = 0  # > 0: a batch handler, called with up to N inputs (batching.py)
+    batch_max_delay_ms: int = 10  # longest a batch waits to fill before the handler is called
     window: WindowSettings = field(default_factory=WindowSettings)  # window functions
 
     # the function itself

@@ -15,6 +15,9 @@ Engines differ only in how they pick messages and when they settle them:
                                         failure (--retain-ordering, EFFECTIVELY_ONCE), and per
                                         key for sync handlers on several threads
     AsyncEngine    (engine_async.py)    async handlers: one event loop, many messages at once
+    BatchingEngine (engine_batching.py) batch handlers: groups of whole batches, gathered
+                                        within --batch-max-delay-ms, the handler called per batch
+                                        (`invoke_batch.py`); in order where order must hold
 
 An engine's `start()` starts its threads; once `core.stopping` is set they stop taking
 messages, finish what they took and return (`join`); the instance (`instance.py`) waits for the

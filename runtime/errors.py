@@ -6,6 +6,9 @@
     │   └── HandlerError       a handler that cannot be loaded or has an unusable signature
     ├── PayloadError           one message cannot be decoded or its output encoded
     ├── HandlerCancelledError  an async handler raised asyncio.CancelledError: fails its message
+    ├── BatchItemFailures      raised by a batch handler: these items failed (`batching.py`)
+    ├── BatchItemError         one item it named without an error of its own
+    ├── BatchResultError       a batch's result that does not fit the batch: every item fails
     └── BrokerError            the Pulsar client failed (connect, subscribe, produce)
 
 Builder errors (`pulsarfunc.builder.errors`) hang under the same root.

@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import operator
 import types
 import typing
 from collections import abc
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from pulsarfunc.runtime.batching import DEFAULT_BATCH_SIZE, batch_element, list_element
 from pulsarfunc.runtime.codec import AUTO, Codec, codec_for, pulsar_serde, type_label
 from pulsarfunc.runtime.errors import HandlerError
 from pulsarfunc.runtime.schemas import infer
@@ -50,6 +52,8 @@ accepted handler forms:
     ...as async def, generator or async generator (yield several outputs), bound method or
     object with __call__; parameters with defaults after the input are not passed, one where
     the input would go is refused; no *args or **kwargs
+  def handler(items: Batch[T]) -> list[X]   batch handler: one output per input (None: none);
+    with --batch-max-size N, def handler(items: list[T]) -> list[X] is one too
   class F(pulsar.Function) with def process(self, input, context)   Pulsar SDK, class or instance
   def process(input) at module level, parameter unannotated         Pulsar native function"""
 
@@ -94,6 +98,10 @@ class Handler:
     signature: str
     window: bool = False  # a window function: the input is a list, `input_codec` per item
     window_records: bool = False  # ... of `WindowRecord`s (list[WindowRecord[T]])
+    # A batch handler (`batching.py`): called with up to `batch_size` inputs, codecs per item.
+    batch_size: int = 0
+    input_annotation: Any = None  # as written, for `batch_form`
+    return_annotation: Any = None
 
     def call(self, context: Any, value: Any) -> Any:
         """Calls the target in its form's argument order; returns value, coroutine or generator."""
@@ -131,6 +139,11 @@ class Handler:
             return (
                 f"{kind} window {self.form.value} {self.signature}: a window of {items}, "
                 f"output {out}"
+            )
+        if self.batch_size:
+            return (
+                f"{kind} batch handler ({self.form.value}) {self.signature}: up to "
+                f"{self.batch_size} inputs a call, each input {inp}, each output {out}"
             )
         return f"{kind} {self.form.value} {self.signature}: input {inp}, output {out}"
 
@@ -334,13 +347,23 @@ def _function(obj: Callable[..., Any], where: str, window: bool = False) -> Hand
     input_annotation = (
         hints.get(required[-1].name, inspect.Parameter.empty) if takes_input else None
     )
+    return_annotation = hints.get("return", inspect.Parameter.empty)
+    element = batch_element(input_annotation) if takes_input and not window else None
+    if element is not None and yields:
+        raise invalid(
+            "a batch handler returns a list, one output per input; a generator cannot",
+            "return a list of the same length as the batch (None: no output for that input)",
+        )
     records = False
     try:
         if takes_input and window:
             input_codec, records = _window_items(input_annotation)
+            output_codec = _output_codec(return_annotation, yields)
+        elif element is not None:
+            input_codec, output_codec = payload_codec(element), _batch_output(return_annotation)
         else:
             input_codec = payload_codec(input_annotation) if takes_input else codec_for(bytes)
-        output_codec = _output_codec(hints.get("return", inspect.Parameter.empty), yields)
+            output_codec = _output_codec(return_annotation, yields)
     except HandlerError as e:
         raise HandlerError(f"{where}: {e.problem}{found}", e.hint) from e
     return Handler(
@@ -356,7 +379,63 @@ def _function(obj: Callable[..., Any], where: str, window: bool = False) -> Hand
         shown,
         window,
         records,
+        DEFAULT_BATCH_SIZE if element is not None else 0,
+        input_annotation,
+        return_annotation,
     )
+
+
+def batch_form(handler: Handler, size: int) -> Handler:
+    """`handler` called with up to `size` inputs (--batch-max-size): its `list[T]` parameter
+    takes inputs decoded by `T`, its `list[X]` return gives outputs encoded by `X`."""
+    if handler.batch_size or handler.form is not Form.FUNCTION:
+        return dataclasses.replace(handler, batch_size=size)  # codecs per item already
+    hint = "a batch handler takes list[T] (or Batch[T]) and returns list[X]: one output per input"
+    if not handler.takes_input or handler.yields:
+        what = "takes no input" if not handler.takes_input else "is a generator"
+        raise HandlerError(f"--batch-max-size {size}: {handler.signature} {what}", hint)
+    inp, ret = handler.input_annotation, handler.return_annotation
+    if not _list_like(inp):
+        raise HandlerError(
+            f"--batch-max-size {size}: {handler.signature} takes {_label(inp)}, not a list",
+            hint,
+        )
+    try:
+        codecs = payload_codec(list_element(inp)), _batch_output(ret)
+    except HandlerError as e:
+        raise HandlerError(f"--batch-max-size {size}: {e.problem}", e.hint) from e
+    return dataclasses.replace(
+        handler, batch_size=size, input_codec=codecs[0], output_codec=codecs[1]
+    )
+
+
+def _list_like(annotation: Any) -> bool:
+    if annotation in (inspect.Parameter.empty, Any, list, abc.Sequence, typing.Sequence):
+        return True
+    return typing.get_origin(annotation) in (list, abc.Sequence)
+
+
+def _batch_output(annotation: Any) -> Codec:
+    """The codec of each output of a batch handler returning `annotation` (a list of them)."""
+    origin = typing.get_origin(annotation)
+    if origin in (abc.Awaitable, abc.Coroutine):
+        args = typing.get_args(annotation)
+        annotation = args[-1] if args else Any
+    if not _list_like(annotation) and annotation not in (None, type(None), object):
+        raise HandlerError(
+            f"a batch handler's return annotation {_label(annotation)} is not a list",
+            "annotate it as list[X]: one output per input, X each output's type",
+        )
+    element = list_element(annotation)
+    if typing.get_origin(element) in (typing.Union, types.UnionType):  # drop `| Exception`
+        kept = [a for a in typing.get_args(element) if not _is_exception(a)]
+        element = functools.reduce(operator.or_, kept) if kept else Any
+    return AUTO if _is_exception(element) else _output_codec(element, False)
+
+
+def _is_exception(annotation: Any) -> bool:
+    """An exception type: what a batch handler returns in a failed item's place."""
+    return isinstance(annotation, type) and issubclass(annotation, BaseException)
 
 
 def _pulsar_order(required: list[inspect.Parameter], is_ctx: list[bool]) -> bool:
@@ -506,7 +585,12 @@ def _name(obj: Any) -> str:
 
 
 def _label(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else type_label(annotation)
+    if isinstance(annotation, str):
+        return annotation
+    element = batch_element(annotation)
+    if element is not None:
+        return f"Batch[{_label(element)}]"
+    return type_label(annotation)
 
 
 def _format(name: str, sig: inspect.Signature, hints: dict[str, Any]) -> str:

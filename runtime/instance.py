@@ -41,10 +41,12 @@ from pulsarfunc.runtime.engine import (
 )
 from pulsarfunc.runtime.engine_async import AsyncEngine
 from pulsarfunc.runtime.engine_batch import BatchEngine
+from pulsarfunc.runtime.engine_batching import BatchingEngine, batch_concurrency, batched
 from pulsarfunc.runtime.engine_ordered import OrderedEngine
 from pulsarfunc.runtime.errors import HandlerError
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.invoke import Invoker
+from pulsarfunc.runtime.invoke_batch import BatchInvoker
 from pulsarfunc.runtime.metrics import Metrics
 from pulsarfunc.runtime.outputs import Outputs
 from pulsarfunc.runtime.schemas import Wire, wire_for
@@ -66,6 +68,8 @@ def choose_engine(core: Core, handler: Handler) -> Engine:
         from pulsarfunc.runtime.engine_window import WindowEngine  # only window functions
 
         return WindowEngine(core, handler)
+    if handler.batch_size:
+        return BatchingEngine(core, handler.batch_size)
     if ordered(core.config):
         return OrderedEngine(core, lanes=1)
     if handler.is_async:
@@ -73,6 +77,38 @@ def choose_engine(core: Core, handler: Handler) -> Engine:
     if keyed(core.config) and core.concurrency > 1:
         return OrderedEngine(core, lanes=core.concurrency)
     return BatchEngine(core)
+
+
+def _concurrency(config: FunctionConfig, handler: Handler) -> int:
+    """Threads (or event-loop tasks) calling `handler` at once."""
+    if handler.batch_size:
+        return batch_concurrency(config)
+    return effective_concurrency(config, handler.is_async)
+
+
+def _pieces(
+    handler: Handler,
+    config: FunctionConfig,
+    concurrency: int,
+    wire: Wire,
+    tracing: Tracing | None,
+) -> tuple[Invoker, Outputs]:
+    """The invoker (a batch handler's calls it once per batch) and outputs of `handler`,
+    traced when `tracing` is on."""
+    if tracing is None:
+        kind = BatchInvoker if handler.batch_size else Invoker
+        return kind.for_config(handler, config, concurrency, wire), Outputs.for_config(
+            config, handler, wire
+        )
+    if handler.batch_size:
+        raise HandlerError(
+            "--tracing does not trace batch handlers yet (a span per message of a batch call)",
+            "drop --tracing, or take one message per call (no --batch-max-size / Batch[T])",
+        )
+    return (
+        tracing.invoker(handler, config, concurrency, wire),
+        tracing.outputs(config, handler, wire),
+    )
 
 
 def _schema_changes(old: Wire, new: Wire) -> list[str]:
@@ -121,10 +157,11 @@ class Instance:
         tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        handler = batched(handler, config)
         wire = wire or wire_for(config, handler.input_codec, handler.output_codec)
         self.broker = broker
         self.metrics = metrics or Metrics()
-        self.concurrency = effective_concurrency(config, handler.is_async)
+        self.concurrency = _concurrency(config, handler)
         if ordered(config) and config.concurrency > 1:
             _log.warning(
                 "concurrency %d lowered to 1: retain-ordering/effectively-once keep input order",
@@ -135,12 +172,8 @@ class Instance:
         tracks = config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._services = Services(broker, tracker, self.metrics, tracks)
         services: ContextServices = self._services
-        if tracing is None:
-            invoker = Invoker.for_config(handler, config, self.concurrency, wire)
-            outputs = Outputs.for_config(config, handler, wire)
-        else:  # chosen once: without tracing, no traced code runs at all
-            invoker = tracing.invoker(handler, config, self.concurrency, wire)
-            outputs = tracing.outputs(config, handler, wire)
+        invoker, outputs = _pieces(handler, config, self.concurrency, wire, tracing)
+        if tracing is not None:  # chosen once: without tracing, no traced code runs at all
             services = tracing.services(services)
         env = FunctionEnv(
             config=config,
@@ -274,6 +307,7 @@ class Instance:
         anything stops, where a swap cannot be made: a window function (its windows hold
         messages), or a handler whose schemas differ from those registered at the start.
         """
+        handler = batched(handler, self.config)  # a batch handler's codecs are per item
         wire = self._swappable(handler)
         with self._swap_lock:
             if self._stop.is_set() or not self._started.is_set():
@@ -340,14 +374,8 @@ class Instance:
     def _core_for(self, handler: Handler, wire: Wire) -> Core:
         """The instance's core with `handler`'s invoker and outputs, and fresh stop events."""
         core = self.core
-        concurrency = effective_concurrency(core.config, handler.is_async)
-        tracing = self._tracing  # a traced instance stays traced across reloads
-        if tracing is None:
-            invoker = Invoker.for_config(handler, core.config, concurrency, wire)
-            outputs = Outputs.for_config(core.config, handler, wire)
-        else:
-            invoker = tracing.invoker(handler, core.config, concurrency, wire)
-            outputs = tracing.outputs(core.config, handler, wire)
+        concurrency = _concurrency(core.config, handler)
+        invoker, outputs = _pieces(handler, core.config, concurrency, wire, self._tracing)
         return dataclasses.replace(
             core,
             invoker=invoker,

@@ -263,6 +263,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--drain-timeout-ms", "drain_timeout_ms", _PROCESSING,
            "longest a graceful stop (SIGTERM) waits for messages in flight before it "
            "negatively acknowledges the rest", "MS", "a whole number >= 0", _integer),
+    Option("--batch-max-size", "batch_max_size", _PROCESSING,
+           "call the handler with a list of up to N inputs, returning one output per input "
+           "(default 0: one input per call; a Batch[T] annotation makes it 100)", "N",
+           "a whole number >= 0", _integer),
+    Option("--batch-max-delay-ms", "batch_max_delay_ms", _PROCESSING,
+           "longest a batch waits to fill before the handler is called with what it has",
+           "MS", "a whole number >= 0", _integer),
     Option("--window-length-count", "window.window_length_count", _WINDOW,
            "a window of N messages (the handler gets list[T])", "N", "a whole number >= 1",
            _integer),

@@ -244,6 +244,8 @@ _MINIMUM = {
     "redelivery_delay_ms": 0,
     "timeout_ms": 1,
     "drain_timeout_ms": 0,
+    "batch_max_size": 0,
+    "batch_max_delay_ms": 0,
     "receiver_queue_size": 0,
     "metrics_port": 0,
     "producer.batching_max_publish_delay_ms": 0,

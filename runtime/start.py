@@ -71,6 +71,7 @@ def run(
     before the run and left after it, before the client closes.
     """
     from pulsarfunc.runtime.broker import PulsarBroker
+    from pulsarfunc.runtime.engine_batching import batched
     from pulsarfunc.runtime.exposition import serving
     from pulsarfunc.runtime.instance import Instance
     from pulsarfunc.runtime.logtopic import publishing_logs
@@ -86,6 +87,7 @@ def run(
         )
     else:
         spec = handler
+    spec = batched(spec, config)  # before connecting: a handler that cannot batch fails here
     config = complete(config, spec)
     setup_logging(config)
     wire = wire_for(config, spec.input_codec, spec.output_codec)

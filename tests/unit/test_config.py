@@ -84,6 +84,8 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--redelivery-delay-ms", "250", "redelivery_delay_ms", 250),
     ("--timeout-ms", "5000", "timeout_ms", 5000),
     ("--drain-timeout-ms", "0", "drain_timeout_ms", 0),
+    ("--batch-max-size", "50", "batch_max_size", 50),
+    ("--batch-max-delay-ms", "0", "batch_max_delay_ms", 0),
     ("--window-length-count", "10", "window.window_length_count", 10),
     ("--window-length-duration-ms", "500", "window.window_length_duration_ms", 500),
     ("--sliding-interval-count", "5", "window.sliding_interval_count", 5),
