@@ -81,6 +81,21 @@ def parse_fetched(line: str) -> tuple[str, int, bool] | None:
     return match[2], round(float(match[3]) * _UNITS[match[4]]), match[1] == "Using cached"
 
 
+_MANYLINUX = re.compile(r"manylinux_2_(\d+)_(\w+)")
+_OLDEST_GLIBC_MINOR = 17  # manylinux2014: the oldest tag wheels still ship (grpcio only has it)
+
+
+def compatible_platforms(platform: str) -> list[str]:
+    """`platform` and every older manylinux tag a system with its glibc runs too (pip takes
+    `--platform` literally: a manylinux_2_28 target would refuse grpcio's manylinux2014 wheels)."""
+    match = _MANYLINUX.fullmatch(platform)
+    if match is None:
+        return [platform]
+    newest, arch = int(match.group(1)), match.group(2)
+    older = [f"manylinux_2_{minor}_{arch}" for minor in range(newest, _OLDEST_GLIBC_MINOR - 1, -1)]
+    return [*older, f"manylinux2014_{arch}"]
+
+
 def cache_root(env: Mapping[str, str]) -> Path:
     """`$PULSARFUNC_CACHE`, else `$XDG_CACHE_HOME/pulsarfunc`, else `~/.cache/pulsarfunc`."""
     if env.get("PULSARFUNC_CACHE"):
@@ -206,8 +221,11 @@ class WheelStager:
             "--no-warn-script-location",
             "--target",
             str(work / "site"),
-            "--platform",
-            target.platform,
+            *(
+                arg
+                for platform in compatible_platforms(target.platform)
+                for arg in ("--platform", platform)
+            ),
             "--python-version",
             target.python_version,
             "--implementation",

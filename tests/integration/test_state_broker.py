@@ -7,9 +7,12 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import docker
 import pytest
+from images import built
 from pulsar_helpers import StateBroker, produce, subscribe_first, unique_topic
 from runtime_harness import config_for, running, wait_backlog, wait_for
 
@@ -152,3 +155,35 @@ def test_an_unreachable_state_storage_fails_the_start(
     assert proc.returncode == 1, proc.stderr
     assert f"cannot reach the state storage bk://127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.docker
+def test_the_counter_example_s_image_counts_in_pulsar_s_state_storage(
+    pulsar_with_state: StateBroker,
+    docker_client: docker.DockerClient,
+    docker_labels: dict[str, str],
+    image_tag: Callable[[str], str],
+) -> None:
+    """`pulsarfunc[state]` in its requirements puts the state client into the image."""
+    tag = image_tag("counter")
+    built([str(Path(__file__).resolve().parents[2] / "examples" / "counter"), "-t", tag])
+    broker = pulsar_with_state.broker
+    src, out = unique_topic("counter-in"), unique_topic("counter-out")
+    name = "counter-" + src[-8:]
+    container = docker_client.containers.run(
+        tag,
+        ["--service-url", broker.internal_service_url, "--inputs", src, "--output", out,
+         "--name", name, "--subscription-position", "EARLIEST",
+         "--state-storage-service-url", pulsar_with_state.internal_state_url],
+        detach=True, network=broker.network, labels=docker_labels, read_only=True,
+    )  # fmt: skip
+    try:
+        with subscribe_first(broker.service_url, out) as sink:
+            produce(broker.service_url, src, [b"a b a"])
+            (got,) = sink.collect(1, timeout_s=60)
+    finally:
+        logs = container.logs().decode(errors="replace")
+        container.remove(force=True)
+    assert got.data == b"a=1 b=1 a=2", logs
+    store = BookKeeperState(pulsar_with_state.state_url, "public_default", name)
+    assert (store.counter("a"), store.get("last-line")) == (2, b"a b a")

@@ -225,3 +225,12 @@ def test_fastavro_goes_into_an_image_only_when_the_function_uses_avro(tmp_path: 
         assert make_plan(BuildOptions(path=fn, tag="t")).requirements == (AVRO_REQUIREMENT,)
         (fn / "requirements.txt").write_text("fastavro==1.13.1\n")  # listed: kept as listed
         assert make_plan(BuildOptions(path=fn, tag="t")).requirements == ("fastavro==1.13.1",)
+
+
+def test_the_counter_example_gets_the_state_client_and_a_plain_function_does_not() -> None:
+    counter = make_plan(BuildOptions(path=EXAMPLES / "counter", tag="t"))
+    assert [r.split("<")[0].split(">")[0] for r in counter.requirements] == [
+        "apache-bookkeeper-client"
+    ]
+    plain = make_plan(BuildOptions(path=EXAMPLES / "exclaim", tag="t"))
+    assert not any("bookkeeper" in r for r in plain.requirements)

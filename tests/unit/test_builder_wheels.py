@@ -112,3 +112,17 @@ def test_runtime_requirements_are_pinned() -> None:
     names = {p.split("==")[0].lower() for p in pins}
     assert {"pulsar-client", "protobuf"} <= names
     assert all("==" in p for p in pins)
+
+
+def test_a_manylinux_target_takes_the_older_manylinux_wheels_too() -> None:
+    from pulsarfunc.builder.wheels import compatible_platforms
+
+    assert compatible_platforms("manylinux_2_28_x86_64")[:2] == [
+        "manylinux_2_28_x86_64",
+        "manylinux_2_27_x86_64",
+    ]
+    assert compatible_platforms("manylinux_2_28_aarch64")[-2:] == [
+        "manylinux_2_17_aarch64",
+        "manylinux2014_aarch64",
+    ]
+    assert compatible_platforms("musllinux_1_2_x86_64") == ["musllinux_1_2_x86_64"]
