@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from fake_broker import FakeBroker, FakeId, FakeMessage
 from pulsar.schema import Record, String
+from test_instance import make_config, started
 from waiting import wait_for
 
-from pulsarfunc.runtime.config import FunctionConfig, InputSpec, WindowSettings
+from pulsarfunc.runtime.config import InputSpec, WindowSettings
 from pulsarfunc.runtime.engine_async import AsyncEngine
 from pulsarfunc.runtime.engine_batch import BatchEngine
 from pulsarfunc.runtime.engine_ordered import OrderedEngine
@@ -26,29 +27,12 @@ IN = "persistent://public/default/in"
 OUT = "persistent://public/default/out"
 
 
-def make_config(**fields: Any) -> FunctionConfig:
-    fields.setdefault("inputs", (InputSpec(IN),))
-    fields.setdefault("output", OUT)
-    fields.setdefault("name", "fn")
-    return FunctionConfig(**fields)
-
-
 @contextmanager
 def running(handler: Callable[..., Any], broker: FakeBroker, **fields: Any) -> Iterator[Instance]:
-    """The instance on its own thread, started; on exit stopped, and the stop must have settled
-    every message in time."""
-    instance = Instance(make_config(**fields), inspect_handler(handler), broker)
-    drained: list[bool] = []
-    thread = threading.Thread(target=lambda: drained.append(instance.run()), daemon=True)
-    thread.start()
-    wait_for(lambda: instance.started)
-    try:
+    """The instance on its own thread, started (see test_instance.in_thread)."""
+    with started(handler, broker, **fields) as instance:
+        wait_for(lambda: instance.started)
         yield instance
-    finally:
-        instance.stop()
-        thread.join(10)
-        assert not thread.is_alive()
-    assert drained == [True]
 
 
 def numbered(start: int, stop: int, **fields: Any) -> list[FakeMessage]:

@@ -27,10 +27,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from test_instance import in_thread, make_config
 from waiting import wait_for
 
 from pulsarfunc import Context
-from pulsarfunc.runtime.config import FunctionConfig, InputSpec, ProcessingGuarantee
+from pulsarfunc.runtime.config import FunctionConfig, ProcessingGuarantee
 from pulsarfunc.runtime.handler import inspect_handler
 from pulsarfunc.runtime.instance import Instance
 from pulsarfunc.runtime.tracing import Tracing
@@ -66,13 +67,6 @@ def spans() -> Iterator[Spans]:
     kept.provider.shutdown()
 
 
-def make_config(**fields: Any) -> FunctionConfig:
-    fields.setdefault("inputs", (InputSpec(IN),))
-    fields.setdefault("output", OUT)
-    fields.setdefault("name", "fn")
-    return FunctionConfig(**fields)
-
-
 @contextmanager
 def traced(
     handler: Callable[..., Any], broker: FakeBroker, spans: Spans, **fields: Any
@@ -82,16 +76,8 @@ def traced(
     instance = Instance(
         config, inspect_handler(handler), broker, tracing=Tracing(config, spans.provider)
     )
-    drained: list[bool] = []
-    thread = threading.Thread(target=lambda: drained.append(instance.run()), daemon=True)
-    thread.start()
-    try:
+    with in_thread(instance):
         yield instance
-    finally:
-        instance.stop()
-        thread.join(10)
-        assert not thread.is_alive()
-    assert drained == [True]
 
 
 def traced_message(payload: bytes, **props: str) -> FakeMessage:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fake_broker import FakeBroker, FakeMessage
-from test_instance import OUT, make_config
+from test_instance import OUT, in_thread, make_config
 from waiting import wait_for
 
 from pulsarfunc.runtime.config import ProcessingGuarantee, WindowSettings
@@ -236,16 +236,11 @@ def test_window_handler_forms_and_what_check_says() -> None:
 
 @contextmanager
 def running(handler: Callable[..., Any], broker: FakeBroker, **fields: Any) -> Iterator[Instance]:
+    """A window function's instance on its own thread (what it gives back at the stop is each
+    test's to check)."""
     instance = Instance(make_config(**fields), inspect_handler(handler, window=True), broker)
-    drained: list[bool] = []
-    thread = threading.Thread(target=lambda: drained.append(instance.run()), daemon=True)
-    thread.start()
-    try:
+    with in_thread(instance, must_drain=False):
         yield instance
-    finally:
-        instance.stop()
-        thread.join(10)
-        assert not thread.is_alive()
 
 
 def _ints(*values: int) -> list[FakeMessage]:
