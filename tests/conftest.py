@@ -201,21 +201,28 @@ def pulsar(request: pytest.FixtureRequest) -> Iterator[PulsarBroker]:
     _ensure_image(client, image)
     container, ports = _run_broker(client, image, network, labels)
     try:
-        admin_url = f"http://127.0.0.1:{ports[8080]}"
-        _wait_for_broker(container, admin_url)
-        broker = PulsarBroker(
-            service_url=f"pulsar://127.0.0.1:{ports[6650]}",
-            internal_service_url=f"pulsar://{BROKER_ALIAS}:6650",
-            admin_url=admin_url,
-            network=network,
-            container=container,
-            version=str(admin_get(admin_url, "/admin/v2/brokers/version")),
-        )
+        broker = _ready_broker(container, ports, network, BROKER_ALIAS)
         request.config.stash[_BROKER_KEY] = (broker, image, time.monotonic() - started)
         yield broker
     finally:
         with contextlib.suppress(NotFound):  # already gone if SIGTERM cleaned up first
             container.remove(force=True, v=True)
+
+
+def _ready_broker(
+    container: Container, ports: dict[int, int], network: str, alias: str
+) -> PulsarBroker:
+    """The broker `_run_broker` started, once it serves."""
+    admin_url = f"http://127.0.0.1:{ports[8080]}"
+    _wait_for_broker(container, admin_url)
+    return PulsarBroker(
+        service_url=f"pulsar://127.0.0.1:{ports[6650]}",
+        internal_service_url=f"pulsar://{alias}:6650",
+        admin_url=admin_url,
+        network=network,
+        container=container,
+        version=str(admin_get(admin_url, "/admin/v2/brokers/version")),
+    )
 
 
 def _external_broker(service_url: str) -> PulsarBroker:
@@ -347,18 +354,9 @@ def pulsar_with_state(request: pytest.FixtureRequest) -> Iterator[StateBroker]:
         environment={"PULSAR_STANDALONE_USE_ZOOKEEPER": "1"},
     )
     try:
-        admin_url = f"http://127.0.0.1:{ports[8080]}"
-        _wait_for_broker(container, admin_url)
+        broker = _ready_broker(container, ports, network, STATE_ALIAS)
         state_url = f"bk://127.0.0.1:{ports[4181]}"
         _wait_for_state_storage(container, state_url)
-        broker = PulsarBroker(
-            service_url=f"pulsar://127.0.0.1:{ports[6650]}",
-            internal_service_url=f"pulsar://{STATE_ALIAS}:6650",
-            admin_url=admin_url,
-            network=network,
-            container=container,
-            version=str(admin_get(admin_url, "/admin/v2/brokers/version")),
-        )
         yield StateBroker(broker, state_url, f"bk://{STATE_ALIAS}:4181")
     finally:
         with contextlib.suppress(NotFound):
