@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pulsar.schema import AvroSchema, Integer, JsonSchema, Record, String, StringSchema
 
+from pulsarfunc.protos.Function_pb2 import Resources
 from pulsarfunc.runtime.broker import consumer_plan
 from pulsarfunc.runtime.codec import SerdeCodec
 from pulsarfunc.runtime.config import FunctionConfig, InputSpec
@@ -345,3 +346,16 @@ def test_the_readings_example_converts_under_json_and_avro() -> None:
     )
     result = run_function(handler, [reading(sensor="s", celsius=0.0)], config=config)
     assert AvroSchema(type(result.outputs[0])).decode(result.payloads[0]).fahrenheit == 32.0
+
+
+def test_a_protobuf_annotation_gets_a_protobuf_native_schema() -> None:
+    from pulsar.schema import ProtobufNativeSchema
+
+    def handler(resources: Resources) -> Resources:
+        return Resources(cpu=resources.cpu * 2, ram=resources.ram)
+
+    spec, wire = _wire(handler, FunctionConfig(inputs=(InputSpec(IN),), output=OUT))
+    assert "input schema PROTOBUF_NATIVE Resources" in spec.describe()
+    assert isinstance(wire.input_schemas[IN], ProtobufNativeSchema)
+    result = run_function(handler, [Resources(cpu=1.5, ram=64)])
+    assert Resources.FromString(result.payloads[0]) == Resources(cpu=3.0, ram=64)
