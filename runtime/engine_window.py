@@ -56,6 +56,7 @@ class Item:
     ticket: Ticket
     value: Any
     ts: int
+    windowed: bool = False  # in a window that fired
 
 
 Timestamp = Callable[[Any, InMessage], int]
@@ -103,6 +104,7 @@ class WindowEngine:
         self._tracks = core.config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._thread = threading.Thread(target=self._run, name="pf-window", daemon=True)
         self._warned_overflow = 0.0
+        self._warned_skipped = 0.0
         core.tracker.on_ready = self._ready.append
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -179,14 +181,28 @@ class WindowEngine:
         for fired in progress.fired:
             self._fire(fired)
         release = self.core.tracker.release
+        skipped = 0
         for item in progress.evicted:
+            skipped += not item.windowed
             release(item.ticket)
+        if skipped:  # a length and a slide of different kinds: said, not silent
+            self.core.metrics.note_window(skipped=skipped)
+            now = time.monotonic()
+            if now - self._warned_skipped > 10:
+                self._warned_skipped = now
+                _log.warning(
+                    "%d messages left the window between two firings, in no window: the slide "
+                    "lets more through than the window length holds",
+                    skipped,
+                )
 
     # -- a window --------------------------------------------------------------------------------
     def _fire(self, fired: Fired[Item]) -> None:
         core = self.core
         items = fired.items
         core.metrics.note_window(fired=1)
+        for item in items:
+            item.windowed = True
         values = []
         for item in items:
             try:

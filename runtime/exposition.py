@@ -203,6 +203,12 @@ class FunctionCollector(Collector):
                 "so retried or dead-lettered).",
                 now.window_overflow,
             ),
+            (
+                "pulsarfunc_window_skipped_messages",
+                "Messages that left a window function's windows without being in any (a count "
+                "length with a time slide, or the reverse, let them through between firings).",
+                now.window_skipped,
+            ),
         )
         for name, text, value in own:
             counter = CounterMetricFamily(name, text, labels=LABEL_NAMES)

@@ -44,6 +44,7 @@ class Snapshot:
     windows_fired: int = 0  # window functions: windows given to the handler
     window_late: int = 0  # event-time data older than the watermark (dropped or diverted)
     window_overflow: int = 0  # messages refused: --max-window-messages were held already
+    window_skipped: int = 0  # messages that left the window manager in no window
     process_latency_ms: Summary = field(default_factory=Summary)
     last_invocation_ms: int = 0
     user_metrics: dict[str, Summary] = field(default_factory=dict)
@@ -121,11 +122,14 @@ class Metrics:
         with self._lock:
             self._s.copies_skipped += count
 
-    def note_window(self, *, fired: int = 0, late: int = 0, overflow: int = 0) -> None:
+    def note_window(
+        self, *, fired: int = 0, late: int = 0, overflow: int = 0, skipped: int = 0
+    ) -> None:
         with self._lock:
             self._s.windows_fired += fired
             self._s.window_late += late
             self._s.window_overflow += overflow
+            self._s.window_skipped += skipped
 
     def record(self, name: str, value: float) -> None:
         with self._lock:
@@ -144,6 +148,7 @@ class Metrics:
                 s.windows_fired,
                 s.window_late,
                 s.window_overflow,
+                s.window_skipped,
                 Summary(s.process_latency_ms.count, s.process_latency_ms.total),
                 s.last_invocation_ms,
                 {k: Summary(v.count, v.total) for k, v in s.user_metrics.items()},

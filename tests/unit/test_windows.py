@@ -501,3 +501,21 @@ def test_event_time_from_a_timestamp_extractor() -> None:
     with running(times, broker, window=window):
         wait_for(lambda: len(seen) == 3)
     assert seen == [[1010, 1090], [1150], [1400]]  # (1000, 1100], (1100, 1200], (1300, 1400]
+
+
+def test_messages_between_two_firings_in_no_window_are_counted_not_silent() -> None:
+    broker = FakeBroker()
+    seen: list[list[int]] = []
+
+    def keep(window: list[int]) -> None:
+        seen.append(window)
+
+    # the last 2 messages at each 200 ms firing: 5 at once means 3 are in no window
+    window = WindowSettings(window_length_count=2, sliding_interval_duration_ms=200)
+    with running(keep, broker, window=window) as instance:
+        broker.feed(*_ints(1, 2, 3, 4, 5))
+        wait_for(lambda: len(seen) == 1)
+        wait_for(lambda: len(broker.sources[0].acked) == 3)
+        snapshot = instance.metrics.snapshot()
+    assert seen == [[4, 5]]
+    assert snapshot.window_skipped == 3
