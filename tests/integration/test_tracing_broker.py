@@ -235,7 +235,8 @@ def test_an_image_with_pulsarfunc_otel_in_its_requirements_traces(
     )
     try:
         assert refused.wait(timeout=60)["StatusCode"] == 2
-        lines = refused.logs().decode().strip().splitlines()
+        # stderr alone: docker does not keep the order between the two streams
+        lines = refused.logs(stdout=False, stderr=True).decode().strip().splitlines()
         assert lines[-1].startswith("pulsarfunc: error: --tracing needs OpenTelemetry")
         assert "pip install 'pulsarfunc[otel]'" in lines[-1]
     finally:
