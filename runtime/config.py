@@ -157,6 +157,8 @@ class FunctionConfig:
     output_type_class_name: str = ""
     producer: ProducerSettings = field(default_factory=ProducerSettings)
     forward_source_message_property: bool = False
+    # stamp outputs with `__pfn_input_topic__` / `__pfn_input_msg_id__`, as Pulsar's instances do
+    input_properties: bool = True
     log_topic: str = ""
 
     # processing

@@ -3,8 +3,8 @@
 `FunctionConfigUtils.convert` is how Pulsar turns this YAML into the FunctionDetails its worker
 hands to instances; doing the same here lets both formats share one mapping to FunctionConfig
 (`formats.details_values`). Values FunctionDetails 4.0 has no field for (`py`, `logLevel`,
-producer batching, and pulsarfunc's own `drainTimeoutMs`, `batchMaxSize` and
-`batchMaxDelayMs`) come back beside the message. Every value is type-checked on the way in: a
+producer batching, and pulsarfunc's own `drainTimeoutMs`, `inputProperties`, `batchMaxSize`
+and `batchMaxDelayMs`) come back beside the message. Every value is type-checked on the way in: a
 wrong one is a ConfigError naming the file, the key path, the value and what is allowed.
 """
 
@@ -61,6 +61,8 @@ def details_from_function_config(
         extras["log_level"] = level
     if (drain := keys.number("drainTimeoutMs", minimum=0)) is not None:  # a pulsarfunc key
         extras["drain_timeout_ms"] = drain
+    if (stamps := keys.flag("inputProperties")) is not None:  # a pulsarfunc key
+        extras["input_properties"] = stamps
     for key, field in (
         ("batchMaxSize", "batch_max_size"),
         ("batchMaxDelayMs", "batch_max_delay_ms"),

@@ -235,6 +235,10 @@ OPTIONS: tuple[Option, ...] = (
            _names(CompressionType), _names(CompressionType), _enum(CompressionType)),
     Option("--forward-source-message-property", "forward_source_message_property", _OUTPUT,
            "copy each input's properties onto its outputs", allowed=_BOOL, kind="bool"),
+    Option("--input-properties", "input_properties", _OUTPUT,
+           "stamp each output with its input's topic and message id (__pfn_input_topic__, "
+           "__pfn_input_msg_id__) as Pulsar's instances do (default); --no-input-properties "
+           "leaves them off, for speed", allowed=_BOOL, kind="bool"),
     Option("--processing-guarantees", "processing_guarantee", _PROCESSING,
            "when inputs are acknowledged", _names(ProcessingGuarantee),
            _names(ProcessingGuarantee), _enum(ProcessingGuarantee)),

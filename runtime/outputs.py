@@ -1,10 +1,10 @@
 """A handler's output as the message to produce, stamped the way Pulsar's instance does.
 
 Every output carries `__pfn_input_topic__` and `__pfn_input_msg_id__` (the input's topic and
-base64 message id), the input's key and event time; with --forward-source-message-property the
-input's own properties too. Under effectively-once it also gets a sequence id derived from the
-input's position and goes to a producer named after the input partition
-(`naming.effectively_once_producer`), so the broker drops a replayed output.
+base64 message id; not with --no-input-properties), the input's key and event time; with
+--forward-source-message-property the input's own properties too. Under effectively-once it also
+gets a sequence id derived from the input's position and goes to a producer named after the input
+partition (`naming.effectively_once_producer`), so the broker drops a replayed output.
 
 `Outbox` collects the outputs of a group of messages in order, for one `send_batch` per
 producer. Its shortcuts (bytes out as bytes, a tuple built without NamedTuple's `__new__`)
@@ -13,7 +13,7 @@ give exactly what the plain `build` gives (tests/unit/test_outputs.py).
 
 from __future__ import annotations
 
-import base64
+import binascii
 from typing import Any, TypeVar
 
 from pulsarfunc.runtime.codec import Codec, RawCodec
@@ -24,7 +24,9 @@ from pulsarfunc.runtime.naming import effectively_once_producer, output_sequence
 from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.transport import InMessage, OutMessage
 
-_b64 = base64.b64encode
+_b64 = binascii.b2a_base64  # with newline=False: base64.b64encode's bytes, without its wrapper
+TOPIC_PROPERTY = "__pfn_input_topic__"
+MSG_ID_PROPERTY = "__pfn_input_msg_id__"
 _Owner = TypeVar("_Owner")
 _new = tuple.__new__
 
@@ -39,6 +41,7 @@ class Outputs:
         # bytes out as bytes: the codec would only copy them
         self._raw = isinstance(codec, RawCodec) and codec.name == "bytes"
         self.forwards = config.forward_source_message_property
+        self.stamps = config.input_properties
         self.effectively_once = config.processing_guarantee is ProcessingGuarantee.EFFECTIVELY_ONCE
         self._fqfn = config.fqfn
 
@@ -61,27 +64,45 @@ class Outputs:
     def build(self, msg: InMessage, value: Any, previous: int) -> OutMessage:
         """The output `value` of `msg`, which already produced `previous` outputs."""
         payload = value if self._raw and type(value) is bytes else self._encode(value)
+        if self.effectively_once:
+            return self._build_effectively_once(msg, payload, previous)
+        props: dict[str, str] | None = None
+        if self.stamps:
+            props = {
+                TOPIC_PROPERTY: msg.topic_name(),
+                MSG_ID_PROPERTY: _b64(msg.message_id().serialize(), newline=False).decode(),
+            }
+            if self.forwards:
+                props = {**msg.properties(), **props}
+        elif self.forwards:
+            props = msg.properties() or None
+        # tuple.__new__: a NamedTuple's own __new__ costs more
+        return _new(
+            OutMessage,
+            (
+                self.topic,
+                payload,
+                msg.partition_key() or None,
+                props,
+                msg.event_timestamp() or None,
+                None,
+                None,
+            ),
+        )
+
+    def _build_effectively_once(self, msg: InMessage, payload: bytes, previous: int) -> OutMessage:
+        """An output with the sequence id the broker deduplicates by, for the producer of its
+        input's partition."""
         mid = msg.message_id()
         topic = msg.topic_name()
-        props: dict[str, str] = {
-            "__pfn_input_topic__": topic,
-            "__pfn_input_msg_id__": _b64(mid.serialize()).decode("ascii"),
-        }
+        props: dict[str, str] | None = None
+        if self.stamps:
+            props = {
+                TOPIC_PROPERTY: topic,
+                MSG_ID_PROPERTY: _b64(mid.serialize(), newline=False).decode(),
+            }
         if self.forwards:
-            props = {**msg.properties(), **props}
-        if not self.effectively_once:  # tuple.__new__: a NamedTuple's own __new__ costs more
-            return _new(
-                OutMessage,
-                (
-                    self.topic,
-                    payload,
-                    msg.partition_key() or None,
-                    props,
-                    msg.event_timestamp() or None,
-                    None,
-                    None,
-                ),
-            )
+            props = {**msg.properties(), **(props or {})}
         try:
             sequence_id = output_sequence_id(mid.entry_id(), mid.batch_index(), previous)
         except ValueError as exc:
@@ -93,7 +114,7 @@ class Outputs:
             self.topic,
             payload,
             msg.partition_key() or None,
-            props,
+            props or None,
             msg.event_timestamp() or None,
             sequence_id,
             effectively_once_producer(self._fqfn, topic, mid.ledger_id()),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from pulsar import MessageId
 from pulsar_helpers import PulsarBroker, produce, subscribe_first, unique_topic
 from runtime_harness import admin, config_for, running, wait_backlog, wait_for
 
@@ -30,6 +32,40 @@ def test_at_least_once_outputs_every_input_and_acks_it(pulsar: PulsarBroker) -> 
     assert sorted(r.data for r in got) == sorted(f"m{i}!".encode() for i in range(200))
     assert {r.properties["__pfn_input_topic__"] for r in got} == {src}
     assert wait_backlog(pulsar.admin_url, src, config.subscription_name, 0) == 0
+
+
+def _position(serialized_b64: str) -> tuple[int, int, int]:
+    mid = MessageId.deserialize(base64.b64decode(serialized_b64))
+    return (mid.ledger_id(), mid.entry_id(), mid.batch_index())
+
+
+def test_outputs_are_stamped_with_their_inputs_position_unless_told_not_to(
+    pulsar: PulsarBroker,
+) -> None:
+    """Each output's `__pfn_input_msg_id__` is its own input's message id, as Pulsar's
+    instance stamps it; --no-input-properties drops both stamps and keeps key and payload."""
+    src = unique_topic("in")
+    sent = produce(pulsar.service_url, src, [b"a", b"b", b"c"], keys=["ka", "kb", "kc"])
+    positions = {
+        f"{p}!": (mid.ledger_id(), mid.entry_id(), mid.batch_index())
+        for p, mid in zip("abc", sent, strict=True)
+    }
+    for stamps in (True, False):
+        out = unique_topic("out")
+        config = config_for(
+            pulsar.service_url, src, output=out, input_properties=stamps, subscription=f"s-{stamps}"
+        )
+        with subscribe_first(pulsar.service_url, out) as sink, running(exclaim, config):
+            got = sink.collect(3, timeout_s=30)
+        assert {(r.data, r.key) for r in got} == {(b"a!", "ka"), (b"b!", "kb"), (b"c!", "kc")}
+        if stamps:
+            assert {r.properties["__pfn_input_topic__"] for r in got} == {src}
+            stamped = {
+                r.data.decode(): _position(r.properties["__pfn_input_msg_id__"]) for r in got
+            }
+            assert stamped == positions
+        else:
+            assert [r.properties for r in got] == [{}, {}, {}]
 
 
 def test_handler_error_nacks_and_the_message_is_retried(pulsar: PulsarBroker) -> None:

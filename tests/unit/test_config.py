@@ -74,6 +74,7 @@ FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--batching-max-publish-delay-ms", "25", "producer.batching_max_publish_delay_ms", 25),
     ("--compression-type", "zstd", "producer.compression", CompressionType.ZSTD),
     ("--forward-source-message-property", None, "forward_source_message_property", True),
+    ("--no-input-properties", None, "input_properties", False),
     ("--processing-guarantees", "effectively_once", "processing_guarantee",
      ProcessingGuarantee.EFFECTIVELY_ONCE),
     ("--retain-ordering", None, "retain_ordering", True),

@@ -265,6 +265,26 @@ def test_input_properties_are_not_forwarded_by_default() -> None:
     assert out.properties == stamps(msg)
 
 
+@pytest.mark.parametrize("forward", [False, True])
+@pytest.mark.parametrize("build", [outputs, once], ids=["at-least-once", "effectively-once"])
+def test_no_input_properties_leaves_only_what_else_was_asked_for(build: Any, forward: bool) -> None:
+    """--no-input-properties drops the two stamps and nothing else: key, event time, the
+    forwarded properties and effectively-once's sequence id and producer stay as they were."""
+    msg = FakeMessage(b"in", key="k", event_ts=9, props={"colour": "blue"}, mid=FakeId(7, 8, 9))
+    stamped = build(RAW, forward_source_message_property=forward).build(msg, b"out", 1)
+    bare = build(RAW, forward_source_message_property=forward, input_properties=False)
+    out = bare.build(msg, b"out", 1)
+    assert out.properties == ({"colour": "blue"} if forward else None)
+    assert out._replace(properties=None) == stamped._replace(properties=None)
+    assert stamped.properties is not None
+    assert "__pfn_input_msg_id__" in stamped.properties
+
+
+def test_no_input_properties_forwards_no_empty_mapping() -> None:
+    bare = outputs(RAW, forward_source_message_property=True, input_properties=False)
+    assert bare.build(FakeMessage(b"in"), b"out", 0).properties is None
+
+
 def test_the_input_message_id_property_decodes_to_the_serialized_id() -> None:
     msg = FakeMessage(b"in", mid=FakeId(21, 22, 23))
     for built in (outputs().build(msg, b"o", 0), once().build(msg, b"o", 0)):

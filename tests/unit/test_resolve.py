@@ -252,6 +252,24 @@ def test_drain_timeout_from_function_config_yaml(tmp_path: Path) -> None:
     assert resolve(["--function-config", str(path)], env).drain_timeout_ms == 1000
 
 
+def test_input_properties_in_every_form(tmp_path: Path) -> None:
+    """On by default (Pulsar's output contract); off by flag, variable or the YAML key; a flag
+    outranks a variable, a variable the file; a bad YAML value names the key."""
+    assert resolve(IN, {}).input_properties is True
+    assert resolve([*IN, "--no-input-properties"], {}).input_properties is False
+    off = {"PULSARFUNC_INPUT_PROPERTIES": "false"}
+    assert resolve(IN, off).input_properties is False
+    assert resolve([*IN, "--input-properties"], off).input_properties is True
+    path = tmp_path / "function.yaml"
+    path.write_text("inputs: [in]\ninputProperties: false\n")
+    assert resolve(["--function-config", str(path)], {}).input_properties is False
+    on = {"PULSARFUNC_INPUT_PROPERTIES": "true"}
+    assert resolve(["--function-config", str(path)], on).input_properties is True
+    path.write_text("inputs: [in]\ninputProperties: sometimes\n")
+    with pytest.raises(ConfigError, match=r"(?s)inputProperties.*true or false"):
+        resolve(["--function-config", str(path)], {})
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "text", "fragments"),
     [
