@@ -16,11 +16,15 @@ from the handler is a failure of that message: `invoke.py`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import types
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from typing import Any
 
 from pulsarfunc.runtime.config import ProcessingGuarantee
 from pulsarfunc.runtime.context import Context
@@ -32,24 +36,77 @@ _log = logging.getLogger("pulsarfunc.instance")
 _CANCEL_WAIT_S = 1.0  # at the stop, how long calls given up get to end once cancelled
 
 
+@types.coroutine
+def _carry_on(coroutine: Coroutine[Any, Any, None], waits_on: Any) -> Generator[Any, Any, None]:
+    """Await the rest of a coroutine already run up to its first wait (which yielded
+    `waits_on`): what the task sends or throws in goes on to it, as `await` would have."""
+    while True:
+        try:
+            sent = yield waits_on
+        except BaseException as exc:  # the task throws in: its cancellation, say
+            try:
+                waits_on = coroutine.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waits_on = coroutine.send(sent)
+            except StopIteration:
+                return
+
+
+class _Inbox:
+    """Tickets handed to the event loop from other threads, with one wake-up of the loop for
+    all that arrive before it runs (each wake-up is a write to the loop's self-pipe, a read and
+    a pass of the loop: at high rates they cost more than the messages)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, take: Callable[[list[Ticket]], None]
+    ) -> None:
+        self._loop = loop
+        self._take = take
+        self._lock = threading.Lock()
+        self._tickets: list[Ticket] = []
+
+    def put(self, tickets: Sequence[Ticket]) -> None:
+        """Hand `tickets` to the loop (any thread); RuntimeError if the loop is closed."""
+        if self._loop.is_closed():
+            raise RuntimeError("the event loop is closed")
+        with self._lock:
+            wake = not self._tickets
+            self._tickets.extend(tickets)
+        if wake:
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            tickets, self._tickets = self._tickets, []
+        self._take(tickets)
+
+
 class AsyncEngine:
     """Receiver threads feeding one event loop; see the module docstring."""
 
     def __init__(self, core: Core, *, keyed: bool = False) -> None:
         self.core = core
         self.keyed = keyed
-        self.max_in_flight = max(core.config.receiver_queue_size, 2 * core.concurrency)
+        self.max_in_flight = 2 * max(core.config.receiver_queue_size, core.concurrency)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="pf-loop", daemon=True)
         self._loop_ident = 0
         self._receivers: list[threading.Thread] = []
-        self._slots: asyncio.Semaphore | None = None
+        # handler slots (--concurrency): free ones, and the calls waiting for one, in order
+        self._free = core.concurrency
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._key_tails: dict[str, asyncio.Future[None]] = {}
         # outputs hold their input's settling, but under ATMOST_ONCE (acked on receipt)
         self._tracks = core.config.processing_guarantee is not ProcessingGuarantee.ATMOST_ONCE
         self._outbox: list[OutMessage] = []  # outputs of this pass of the loop
         self._owners: list[Ticket | None] = []  # the ticket each settles (None: untracked)
         self._retry: asyncio.TimerHandle | None = None  # the one timer for parked retries
+        # from other threads to the loop: one wake-up for what arrives before the loop runs
+        self._taken = _Inbox(self._loop, self._spawn_all)  # from the receivers
+        self._readied = _Inbox(self._loop, self._settle)  # from the client's IO thread
         core.tracker.on_ready = self._ready
         core.tracker.on_parked = self._parked
 
@@ -69,7 +126,6 @@ class AsyncEngine:
     def _run_loop(self) -> None:
         self._loop_ident = threading.get_ident()
         asyncio.set_event_loop(self._loop)
-        self._slots = asyncio.Semaphore(self.core.concurrency)
         self._loop.run_forever()
         self._loop.close()
 
@@ -122,10 +178,90 @@ class AsyncEngine:
             room = limit - tracker.in_flight
             batch = core.receiver.take(source, max(1, room))
             if batch:
-                tickets = [tracker.open(source, msg) for msg in batch]
-                self._loop.call_soon_threadsafe(self._spawn_all, tickets)
+                self._taken.put(tracker.open_all(source, batch))
 
     def _spawn_all(self, tickets: Sequence[Ticket]) -> None:
+        if self.keyed:  # each waits for the one before it of its key: a task each
+            self._spawn_each(tickets)
+        else:
+            self._loop.create_task(self._run_all(tickets))
+
+    async def _run_all(self, tickets: Sequence[Ticket]) -> None:
+        """Process `tickets` one after the other in this task while each completes without
+        waiting; at the first that waits, this task stays with it and every later ticket gets
+        a task of its own, started in this same pass of the loop.
+
+        A trivial handler then costs no task of its own (a task per message halved the rate);
+        a handler that waits runs as it did with a task per message, in one task from its first
+        line to its last: `asyncio.current_task()`, `asyncio.timeout()` and cancellation see
+        the task it waits in. The concurrency limit holds: with no slot free, the rest wait for
+        one in tasks of their own. Context variables a handler sets stay set for the next
+        message processed in the same task, as they do for the next message on a sync
+        handler's thread.
+        """
+        core = self.core
+        invoker, env, settler, tracker = core.invoker, core.env, core.settler, core.tracker
+        done: list[Ticket] = []  # handler part over: released together (one lock)
+        try:
+            for index, ticket in enumerate(tickets):
+                if not self._free or self._slot_waiters:
+                    self._spawn_each(tickets[index:])
+                    return
+                self._free -= 1
+                step = invoker.process_async(
+                    Context(env, ticket.msg, ticket),
+                    functools.partial(self._queue_output, ticket),
+                    functools.partial(settler.fail, ticket),
+                )
+                try:
+                    waits_on = step.send(None)
+                except StopIteration:  # done without waiting
+                    self._give_slot()
+                    done.append(ticket)
+                    continue
+                except BaseException:  # not the message's failure (that is settled)
+                    self._give_slot()
+                    done.append(ticket)
+                    self._spawn_each(tickets[index + 1 :])
+                    raise
+                self._spawn_each(tickets[index + 1 :])
+                tracker.release_all(done, {})
+                done = []
+                try:
+                    await _carry_on(step, waits_on)
+                finally:
+                    self._give_slot()
+                    tracker.release(ticket)
+                return
+        finally:
+            if done:
+                tracker.release_all(done, {})
+
+    async def _take_slot(self) -> None:
+        """A handler slot: free now, or the next one given back (in the order asked)."""
+        if self._free and not self._slot_waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():
+                self._slot_waiters.remove(waiter)
+            else:  # handed a slot, then cancelled: it goes on to the next
+                self._give_slot()
+            raise
+
+    def _give_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it
+                return
+        self._free += 1
+
+    def _spawn_each(self, tickets: Sequence[Ticket]) -> None:
         for ticket in tickets:
             self._spawn(ticket)
 
@@ -147,13 +283,15 @@ class AsyncEngine:
         try:
             if previous is not None:
                 await asyncio.wait([previous])  # same key: strictly one after the other
-            assert self._slots is not None
-            async with self._slots:
+            await self._take_slot()
+            try:
                 await core.invoker.process_async(
                     Context(core.env, ticket.msg, ticket),
-                    lambda out: self._queue_output(ticket, out),
-                    lambda exc: core.settler.fail(ticket, exc),
+                    functools.partial(self._queue_output, ticket),
+                    functools.partial(core.settler.fail, ticket),
                 )
+            finally:
+                self._give_slot()
         finally:
             core.tracker.release(ticket)  # the handler's part is done, however it ended
 
@@ -193,7 +331,7 @@ class AsyncEngine:
             self._settle(tickets)
             return
         try:
-            self._loop.call_soon_threadsafe(self._settle, tickets)
+            self._readied.put(tickets)
         except RuntimeError:  # the loop is closed: stopped after the drain deadline
             _log.warning("%d messages ready after the stop, left unacknowledged", len(tickets))
 

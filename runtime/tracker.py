@@ -5,7 +5,7 @@ share one count of send receipts, and a Ticket is made for one of them only when
 (a Context, a publish, a failure). The `Tracker` changes tickets and groups under its one lock,
 from any thread:
 
-    open / open_group                   a message (group) is taken: in flight
+    open / open_all / open_group        a message (messages, a group) is taken: in flight
     hold / release                      a send of a ticket begins / its receipt came (or the
                                         handler returned): the last release makes it ready
     fail                                the first error of a ticket counts
@@ -145,6 +145,15 @@ class Tracker:
             self._in_flight += parked is None
             self._open[id(ticket)] = ticket
         return ticket
+
+    def open_all(self, source: Source, msgs: Sequence[InMessage]) -> list[Ticket]:
+        """`open` for each of `msgs`, taken now: one lock for all."""
+        tickets = [Ticket(source, msg) for msg in msgs]
+        with self._lock:
+            self._in_flight += len(tickets)
+            for ticket in tickets:
+                self._open[id(ticket)] = ticket
+        return tickets
 
     def open_group(
         self,
