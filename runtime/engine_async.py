@@ -1,16 +1,19 @@
 """The async engine: async handlers on one event loop, up to --concurrency messages at once.
 
-    receiver thread per source --(one call_soon_threadsafe per batch)--> event loop
-    a task per message: Context -> Invoker.call_async -> outputs queued
+    receiver thread per source --(batches; one wake-up of the loop for all waiting)--> loop
+    one task per batch: each message's coroutine driven in it while messages complete without
+        waiting; the first that waits keeps the task, the rest get a task each (`_run_all`)
+    a message: Context -> Invoker.process_async -> outputs queued
     outputs of one pass of the loop -> one send_batch per producer, one receipt
     receipt (client's IO thread): Tracker.release_all records; tickets that became ready are
         handed to the loop, which settles them (acks give up the GIL: not on the IO thread)
 
-At most `max(receiver queue size, 2 x concurrency)` messages are in flight; a receiver waits
-for room. On a key-shared subscription (or with --retain-key-ordering) messages of one key run
-one after the other, in order (`engine.ordering_key`). A message's handler slot and its place
-in flight are returned in `finally`, whatever the handler does (an `asyncio.CancelledError`
-from the handler is a failure of that message: `invoke.py`).
+At most `2 x max(receiver queue size, concurrency)` messages are in flight (two receiver
+batches: one is processed while the other's outputs are on their way); a receiver waits for
+room. On a key-shared subscription (or with --retain-key-ordering) messages of one key run
+one after the other, in order (`engine.ordering_key`), a task each. A message's handler slot
+and its place in flight are returned in `finally`, whatever the handler does (an
+`asyncio.CancelledError` from the handler is a failure of that message: `invoke.py`).
 """
 
 from __future__ import annotations
