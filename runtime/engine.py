@@ -98,15 +98,21 @@ class Receiver:
         self._acks_on_receipt = config.processing_guarantee is ProcessingGuarantee.ATMOST_ONCE
 
     def take(
-        self, source: Source, limit: int = BATCH_MAX, timeout_ms: int = RECEIVE_TIMEOUT_MS
+        self,
+        source: Source,
+        limit: int = BATCH_MAX,
+        timeout_ms: int = RECEIVE_TIMEOUT_MS,
+        *,
+        pause_s: float = 0.5,
     ) -> Sequence[InMessage]:
-        """Received messages to process (maybe none)."""
+        """Received messages to process (maybe none); after a failed receive, none once
+        `pause_s` has passed (an event loop takes with no pause)."""
         try:
             batch = self._broker.receive(source, limit, timeout_ms)
         except Exception as exc:
             self._metrics.note_system_exception()
             _log.warning("receive failed, retrying: %s", exc)
-            time.sleep(0.5)
+            time.sleep(pause_s)
             return ()
         redeliveries = self._settler.redeliveries
         if not self._broker.connected():

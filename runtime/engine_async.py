@@ -27,7 +27,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pulsarfunc.runtime.config import ProcessingGuarantee
 from pulsarfunc.runtime.context import Context
@@ -36,6 +36,7 @@ from pulsarfunc.runtime.tracker import Ticket
 from pulsarfunc.runtime.transport import OutMessage, Source
 
 _log = logging.getLogger("pulsarfunc.instance")
+_T = TypeVar("_T")
 _CANCEL_WAIT_S = 1.0  # at the stop, how long calls given up get to end once cancelled
 
 
@@ -58,33 +59,47 @@ def _carry_on(coroutine: Coroutine[Any, Any, None], waits_on: Any) -> Generator[
                 return
 
 
-class _Inbox:
-    """Tickets handed to the event loop from other threads, with one wake-up of the loop for
+class _Inbox(Generic[_T]):
+    """Items handed to the event loop from other threads, with one wake-up of the loop for
     all that arrive before it runs (each wake-up is a write to the loop's self-pipe, a read and
     a pass of the loop: at high rates they cost more than the messages)."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, take: Callable[[list[Ticket]], None]
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, take: Callable[[list[_T]], None]) -> None:
         self._loop = loop
         self._take = take
         self._lock = threading.Lock()
-        self._tickets: list[Ticket] = []
+        self._items: list[_T] = []
 
-    def put(self, tickets: Sequence[Ticket]) -> None:
-        """Hand `tickets` to the loop (any thread); RuntimeError if the loop is closed."""
+    def put(self, items: Sequence[_T]) -> None:
+        """Hand `items` to the loop (any thread); RuntimeError if the loop is closed."""
         if self._loop.is_closed():
             raise RuntimeError("the event loop is closed")
         with self._lock:
-            wake = not self._tickets
-            self._tickets.extend(tickets)
+            wake = not self._items
+            self._items.extend(items)
         if wake:
             self._loop.call_soon_threadsafe(self._run)
 
     def _run(self) -> None:
         with self._lock:
-            tickets, self._tickets = self._tickets, []
-        self._take(tickets)
+            items, self._items = self._items, []
+        self._take(items)
+
+
+class _Feed:
+    """How one source's messages reach the loop. While they keep coming the loop takes them
+    itself, right after processing the last batch, on its own thread; the source's receiver
+    thread only waits for the first message after a lull, or for room after the loop ran short
+    of it. (A receiver thread draining the consumer while the loop runs handlers made the two
+    take turns at the GIL on every client call.)"""
+
+    __slots__ = ("lull", "short_of_room", "source")
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.lull = threading.Event()  # set: the receiver thread takes, not the loop
+        self.lull.set()
+        self.short_of_room = False  # the loop stopped for room, not for want of messages
 
 
 class AsyncEngine:
@@ -108,8 +123,10 @@ class AsyncEngine:
         self._owners: list[Ticket | None] = []  # the ticket each settles (None: untracked)
         self._retry: asyncio.TimerHandle | None = None  # the one timer for parked retries
         # from other threads to the loop: one wake-up for what arrives before the loop runs
-        self._taken = _Inbox(self._loop, self._spawn_all)  # from the receivers
-        self._readied = _Inbox(self._loop, self._settle)  # from the client's IO thread
+        self._taken: _Inbox[tuple[_Feed, list[Ticket]]] = _Inbox(self._loop, self._took_all)
+        self._readied: _Inbox[Ticket] = _Inbox(self._loop, self._settle)  # the client's IO thread
+        self._most = max(1, self.max_in_flight // 2)  # a batch is processed while one settles
+        self._enough = max(1, self._most // 2)  # the least room worth taking a batch into
         core.tracker.on_ready = self._ready
         core.tracker.on_parked = self._parked
 
@@ -121,7 +138,7 @@ class AsyncEngine:
         started.wait()
         for source in self.core.broker.sources:
             thread = threading.Thread(
-                target=self._receive, args=(source,), name="pf-recv", daemon=True
+                target=self._receive, args=(_Feed(source),), name="pf-recv", daemon=True
             )
             self._receivers.append(thread)
             thread.start()
@@ -171,17 +188,50 @@ class AsyncEngine:
             await asyncio.wait(tasks, timeout=_CANCEL_WAIT_S)
 
     # -- receiving -------------------------------------------------------------------------------
-    def _receive(self, source: Source) -> None:
-        """Take messages as room frees up and hand them to the loop, a batch at a time."""
+    def _receive(self, feed: _Feed) -> None:
+        """After a lull, wait for the next messages and hand them to the loop, which then takes
+        the rest itself (`_feed`); after the loop ran short of room, wait for room and let the
+        loop go on."""
         core = self.core
-        tracker, stopping, limit = core.tracker, core.stopping, self.max_in_flight
+        tracker, stopping = core.tracker, core.stopping
+        room_for = self.max_in_flight - self._enough + 1  # room for `_enough` at least
         while not stopping.is_set():
-            if not tracker.wait_room(limit, 0.1):
+            if not feed.lull.wait(0.1) or not tracker.wait_room(room_for, 0.1):
                 continue
-            room = limit - tracker.in_flight
-            batch = core.receiver.take(source, max(1, room))
+            if feed.short_of_room:
+                feed.short_of_room = False
+                feed.lull.clear()
+                with contextlib.suppress(RuntimeError):  # closed: the instance stopped
+                    self._loop.call_soon_threadsafe(self._feed, feed)
+                continue
+            room = self.max_in_flight - tracker.in_flight
+            batch = core.receiver.take(feed.source, max(1, min(room, self._most)))
             if batch:
-                self._taken.put(tracker.open_all(source, batch))
+                feed.lull.clear()
+                self._taken.put([(feed, tracker.open_all(feed.source, batch))])
+
+    def _took_all(self, batches: list[tuple[_Feed, list[Ticket]]]) -> None:
+        for feed, tickets in batches:
+            self._spawn_all(tickets)
+            self._loop.call_soon(self._feed, feed)  # once this batch has run
+
+    def _feed(self, feed: _Feed) -> None:
+        """Take the source's next batch on the loop, while there is one and room for it; else
+        hand back to the receiver thread."""
+        core = self.core
+        if core.stopping.is_set():
+            feed.lull.set()
+            return
+        room = self.max_in_flight - core.tracker.in_flight
+        if room < self._enough:
+            feed.short_of_room = True
+            feed.lull.set()
+            return
+        batch = core.receiver.take(feed.source, min(room, self._most), 0, pause_s=0.0)
+        if not batch:
+            feed.lull.set()
+            return
+        self._took_all([(feed, core.tracker.open_all(feed.source, batch))])
 
     def _spawn_all(self, tickets: Sequence[Ticket]) -> None:
         if self.keyed:  # each waits for the one before it of its key: a task each

@@ -94,6 +94,8 @@ class Invoker:
         # The cheapest call: the target itself, for a sync handler taking its input alone.
         self._plain = None if self._threads is not None or self.is_async else handler.plain_call()
         self._loops = threading.local()  # async handlers called with `call`: a loop per thread
+        # a coroutine function awaited for one output, without a timeout: the fast async path
+        self._plain_async = self.is_async and not self._async_gen and self._timeout_s is None
 
     @classmethod
     def for_config(
@@ -162,33 +164,44 @@ class Invoker:
         """`call` for an async handler, on the running event loop."""
         token = ctxmod.bind(ctx)
         try:
-            result = self._call(ctx, value)
-            timeout_s = self._timeout_s
-            if self._async_gen:
-                items = result if timeout_s is None else iterate(result, timeout_s)
-                return [out async for out in items if out is not None]
-            out = await (result if timeout_s is None else within(result, timeout_s))
-            return [] if out is None else [out]
+            return await self._outputs_async(ctx, value)
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-            if cancelling is not None and cancelling():
-                raise  # the engine cancels this call (the instance gave it up): not a failure
-            raise handler_cancelled() from exc
+            raise _cancelled(exc) from exc
         finally:
             ctxmod.unbind(token)
+
+    async def _outputs_async(self, ctx: Context, value: Any) -> list[Any]:
+        result = self._call(ctx, value)
+        timeout_s = self._timeout_s
+        if self._async_gen:
+            items = result if timeout_s is None else iterate(result, timeout_s)
+            return [out async for out in items if out is not None]
+        out = await (result if timeout_s is None else within(result, timeout_s))
+        return [] if out is None else [out]
 
     async def process_async(
         self, ctx: Context, put: Callable[[Any], None], fail: Callable[[Exception], None]
     ) -> None:
-        """The async engine's one message: decode `ctx.message`, `call_async`, each output to
-        `put`; the first failure (decoding, the handler, an output `put` refuses) to `fail`."""
+        """The async engine's one message: decode `ctx.message`, call the handler as
+        `call_async` does, each output to `put`; the first failure (decoding, the handler, an
+        output `put` refuses) to `fail`. A plain coroutine handler is awaited right here: one
+        coroutine less per message than going through `call_async`."""
+        token = ctxmod.bind(ctx)
         try:
             value = self.decode(ctx.message)
-            for out in await self.call_async(ctx, value):
-                put(out)
+            if self._plain_async:
+                out = await self._call(ctx, value)
+                if out is not None:
+                    put(out)
+            else:
+                for out in await self._outputs_async(ctx, value):
+                    put(out)
+        except asyncio.CancelledError as exc:
+            fail(_cancelled(exc))  # re-raised if the engine cancels the call
         except Exception as exc:
             fail(exc)
+        finally:
+            ctxmod.unbind(token)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
@@ -243,6 +256,16 @@ class Invoker:
                 fail(index, handler_cancelled())
                 if stop_at_failure:
                     return
+
+
+def _cancelled(exc: asyncio.CancelledError) -> HandlerCancelledError:
+    """The failure a handler's own CancelledError is; the engine's cancellation of the call
+    (the instance gave it up at the stop) is raised on, as a cancellation."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling():
+        raise exc
+    return handler_cancelled()
 
 
 def handler_cancelled() -> HandlerCancelledError:

@@ -148,7 +148,8 @@ class Tracker:
 
     def open_all(self, source: Source, msgs: Sequence[InMessage]) -> list[Ticket]:
         """`open` for each of `msgs`, taken now: one lock for all."""
-        tickets = [Ticket(source, msg) for msg in msgs]
+        now = time.perf_counter()
+        tickets = [Ticket(source, msg, None, now) for msg in msgs]
         with self._lock:
             self._in_flight += len(tickets)
             for ticket in tickets:
