@@ -4,6 +4,7 @@ one that waits keeps a task of its own from its first line to its last."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fake_broker import FakeBroker, FakeMessage
 from test_instance import payloads, started
@@ -94,3 +95,43 @@ def test_a_failure_after_a_wait_fails_that_message_only() -> None:
         wait_for(lambda: len(broker.sources[0].acked) == 30)
     assert sorted(payloads(broker)) == sorted(f"m{i}".encode() for i in range(30) if i != 7)
     assert [m.payload for m in broker.sent["dlq"]] == [b"m7"]
+
+
+def test_messages_after_a_lull_are_taken_by_the_receiver_again() -> None:
+    """The loop takes batches itself while messages keep coming; after a lull the receiver
+    thread waits for the next ones and hands them over."""
+    broker = FakeBroker()
+    first = feed(broker, 20)
+
+    async def echo(text: str) -> str:
+        return text
+
+    with started(echo, broker):
+        wait_for(lambda: len(broker.sources[0].acked) == 20)
+        time.sleep(0.3)  # a lull: the receiver thread waits for the next message
+        second = [f"n{i}".encode() for i in range(20)]
+        broker.feed(*(FakeMessage(d) for d in second))
+        wait_for(lambda: len(broker.sources[0].acked) == 40)
+    assert sorted(payloads(broker)) == sorted(first + second)
+
+
+def test_a_loop_short_of_room_goes_on_once_room_frees() -> None:
+    """With room for 4 messages in flight, the loop keeps running short of room and the
+    receiver thread hands back as room frees: every message is still processed, and no more
+    than the limit are ever in flight."""
+    broker = FakeBroker()
+    sent = feed(broker, 120)
+    running, peak = 0, 0
+
+    async def slow(text: str) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+        return text
+
+    with started(slow, broker, receiver_queue_size=2, concurrency=2):
+        wait_for(lambda: len(broker.sources[0].acked) == 120)
+    assert sorted(payloads(broker)) == sorted(sent)
+    assert peak <= 2
