@@ -201,6 +201,7 @@ class _Source:
 
     def __init__(self, calls: list[Call]) -> None:
         self.calls = calls
+        self.topic: str | None = None  # each message says its topic
 
     def ack(self, message: InMessage) -> None:
         assert isinstance(message, _InMessage)

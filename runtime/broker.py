@@ -81,9 +81,11 @@ class _Consumer:
     very methods the runtime reads, and skipping the Python wrappers halves the cost per message.
     """
 
-    def __init__(self, consumer: Any) -> None:
+    def __init__(self, consumer: Any, *, one_topic: bool = False) -> None:
         self.consumer = consumer
         self.native = getattr(consumer, "_consumer", None) or consumer
+        self._one_topic = one_topic  # one non-partitioned topic: `topic` is its first message's
+        self.topic: str | None = None
 
     def ack(self, message: InMessage) -> None:
         self.native.acknowledge(message)
@@ -114,6 +116,8 @@ class _Consumer:
             except pulsar.Timeout:
                 return ()
         batch: list[InMessage] = [first]
+        if self._one_topic and self.topic is None:
+            self.topic = first.topic_name()
         # Drain what is already in the receiver queue without waiting again.
         while len(batch) < max_messages:
             try:
@@ -341,16 +345,28 @@ class PulsarBroker:
                 subscribed = self._client.subscribe(
                     list(plan.topics), **common, receiver_queue_size=plan.receiver_queue_size
                 )
-            else:
-                try:
-                    regex = re.compile(plan.pattern)
-                except re.error as exc:
-                    raise ConfigError(f"invalid topics pattern {plan.pattern!r}: {exc}") from exc
-                subscribed = self._client.subscribe(
-                    regex, **common, receiver_queue_size=plan.receiver_queue_size
-                )
+                consumers.append(_Consumer(subscribed, one_topic=self._non_partitioned(plan)))
+                continue
+            try:
+                regex = re.compile(plan.pattern)
+            except re.error as exc:
+                raise ConfigError(f"invalid topics pattern {plan.pattern!r}: {exc}") from exc
+            subscribed = self._client.subscribe(
+                regex, **common, receiver_queue_size=plan.receiver_queue_size
+            )
             consumers.append(_Consumer(subscribed))
         return consumers
+
+    def _non_partitioned(self, plan: ConsumerPlan) -> bool:
+        """Whether a plan is one topic without partitions (which it can never gain: Pulsar
+        refuses partitioned metadata over an existing topic); asked after subscribing, which
+        created the topic if it was not there."""
+        if len(plan.topics) != 1:
+            return False
+        try:
+            return bool(self._client.get_topic_partitions(plan.topics[0]) == [plan.topics[0]])
+        except pulsar.PulsarException:
+            return False
 
     def receive(self, source: Source, max_messages: int, timeout_ms: int) -> Sequence[InMessage]:
         assert isinstance(source, _Consumer)

@@ -356,7 +356,7 @@ class AsyncEngine:
         outputs = self.core.outputs
         if not outputs.topic:
             return
-        out = outputs.build(ticket.msg, value, ticket.outputs)
+        out = outputs.build(ticket.msg, value, ticket.outputs, ticket.source.topic)
         ticket.outputs += 1
         tracked = self._tracks and self.core.tracker.hold(ticket)
         self._outbox.append(out)

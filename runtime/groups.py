@@ -75,7 +75,7 @@ class GroupRunner:
 
     def _run(self, group: Group) -> None:
         core, msgs = self.core, group.msgs
-        outbox = core.outputs.outbox()
+        outbox = core.outputs.outbox(self.source.topic)
         tracker, settler = core.tracker, core.settler
         failed: list[int] = []
 

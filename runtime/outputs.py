@@ -61,15 +61,18 @@ class Outputs:
             return value
         return self._encode(value)
 
-    def build(self, msg: InMessage, value: Any, previous: int) -> OutMessage:
-        """The output `value` of `msg`, which already produced `previous` outputs."""
+    def build(
+        self, msg: InMessage, value: Any, previous: int, topic: str | None = None
+    ) -> OutMessage:
+        """The output `value` of `msg`, which already produced `previous` outputs; `topic`:
+        the input's topic when its source knows it (`Source.topic`), saving a client call."""
         payload = value if self._raw and type(value) is bytes else self._encode(value)
         if self.effectively_once:
             return self._build_effectively_once(msg, payload, previous)
         props: dict[str, str] | None = None
         if self.stamps:
             props = {
-                TOPIC_PROPERTY: msg.topic_name(),
+                TOPIC_PROPERTY: topic or msg.topic_name(),
                 MSG_ID_PROPERTY: _b64(msg.message_id().serialize(), newline=False).decode(),
             }
             if self.forwards:
@@ -120,9 +123,9 @@ class Outputs:
             effectively_once_producer(self._fqfn, topic, mid.ledger_id()),
         )
 
-    def outbox(self) -> Outbox:
-        """An empty outbox for one group's outputs."""
-        return Outbox(self)
+    def outbox(self, topic: str | None = None) -> Outbox:
+        """An empty outbox for one group's outputs; `topic`: the inputs' (`Source.topic`)."""
+        return Outbox(self, topic)
 
     def per_producer(
         self, outs: list[OutMessage], owners: list[_Owner]
@@ -142,9 +145,18 @@ class Outputs:
 class Outbox:
     """The outputs of one group, in order, each with the index of the message it is of."""
 
-    __slots__ = ("_build", "_counted", "_counts", "_topic", "outputs", "outs", "owners")
+    __slots__ = (
+        "_build",
+        "_counted",
+        "_counts",
+        "_input_topic",
+        "_topic",
+        "outputs",
+        "outs",
+        "owners",
+    )
 
-    def __init__(self, outputs: Outputs) -> None:
+    def __init__(self, outputs: Outputs, input_topic: str | None = None) -> None:
         self.outputs = outputs
         self.outs: list[OutMessage] = []
         self.owners: list[int] = []
@@ -152,6 +164,7 @@ class Outbox:
         self._topic = outputs.topic
         self._counted = outputs.effectively_once
         self._counts: dict[int, int] = {}  # effectively-once: outputs so far per message
+        self._input_topic = input_topic
 
     def put(self, index: int, msg: InMessage, value: Any) -> None:
         """One output of message `index` (dropped, like Pulsar does, without an output topic)."""
@@ -161,7 +174,7 @@ class Outbox:
         if self._counted:
             previous = self._counts.get(index, 0)
             self._counts[index] = previous + 1
-        self.outs.append(self._build(msg, value, previous))
+        self.outs.append(self._build(msg, value, previous, self._input_topic))
         self.owners.append(index)
 
     def per_producer(self) -> list[tuple[list[OutMessage], list[int]]]:

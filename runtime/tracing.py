@@ -267,8 +267,10 @@ class TracedOutputs(Outputs):
         super().__init__(config, codec)
         self.tracing = tracing
 
-    def build(self, msg: InMessage, value: Any, previous: int) -> OutMessage:
-        span, out = self.tracing.sending(super().build(msg, value, previous))
+    def build(
+        self, msg: InMessage, value: Any, previous: int, topic: str | None = None
+    ) -> OutMessage:
+        span, out = self.tracing.sending(super().build(msg, value, previous, topic))
         span.end()  # queued: outputs are sent in batches, with one receipt per batch
         return out
 

@@ -50,6 +50,10 @@ class InMessage(Protocol):
 class Source(Protocol):
     """One subscription's consumer: acknowledgements go back to the consumer that received."""
 
+    topic: str | None
+    """The topic every message of this source comes from, once known (a source of one
+    non-partitioned topic); None: each message's `topic_name()` tells."""
+
     def ack(self, message: InMessage) -> None: ...
 
     def ack_all(self, messages: Sequence[InMessage]) -> None:

@@ -14,6 +14,7 @@ from pulsar_helpers import PulsarBroker, produce, subscribe_first, unique_topic
 from runtime_harness import admin, config_for, running, wait_backlog, wait_for
 
 from pulsarfunc import Context, current_context
+from pulsarfunc.runtime.broker import PulsarBroker as PulsarBroker_
 from pulsarfunc.runtime.config import ProcessingGuarantee
 
 pytestmark = pytest.mark.integration
@@ -66,6 +67,52 @@ def test_outputs_are_stamped_with_their_inputs_position_unless_told_not_to(
             assert stamped == positions
         else:
             assert [r.properties for r in got] == [{}, {}, {}]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_the_input_topic_stamp_names_each_partition_and_each_topic(
+    pulsar: PulsarBroker, asynchronous: bool
+) -> None:
+    """A partitioned input's outputs name the partition their input came from, and a source
+    of two topics names each (only a source of one unpartitioned topic is told its topic once)."""
+    partitioned, plain, out = unique_topic("parts"), unique_topic("plain"), unique_topic("out")
+    path = partitioned.replace("persistent://", "/admin/v2/persistent/") + "/partitions"
+    admin(pulsar.admin_url, "PUT", path, 3)
+    keys = [f"k{i}" for i in range(12)]
+    sent = produce(pulsar.service_url, partitioned, [k.encode() for k in keys], keys=keys)
+    produce(pulsar.service_url, plain, [b"p0", b"p1"])
+    where = {
+        f"{k}!": f"{partitioned}-partition-{m.partition()}" for k, m in zip(keys, sent, strict=True)
+    }
+    where |= {"p0!": plain, "p1!": plain}
+    assert len(set(where.values())) > 2  # the keys spread over partitions
+
+    async def exclaim_async(text: str) -> str:
+        return text + "!"
+
+    config = config_for(pulsar.service_url, partitioned, plain, output=out)
+    handler = exclaim_async if asynchronous else exclaim
+    with subscribe_first(pulsar.service_url, out) as sink, running(handler, config):
+        got = sink.collect(14, timeout_s=30)
+    assert {r.data.decode(): r.properties["__pfn_input_topic__"] for r in got} == where
+
+
+def test_only_a_source_of_one_unpartitioned_topic_knows_its_topic(pulsar: PulsarBroker) -> None:
+    """`Source.topic` (the stamp without a client call per message) is the topic its messages
+    name, and is left unknown for a partitioned topic and for several topics."""
+    one, parts, other = unique_topic("one"), unique_topic("parts"), unique_topic("other")
+    path = parts.replace("persistent://", "/admin/v2/persistent/") + "/partitions"
+    admin(pulsar.admin_url, "PUT", path, 2)
+    for topics, knows in (((one,), True), ((parts,), False), ((one, other), False)):
+        produce(pulsar.service_url, topics[0], [b"x"])
+        broker = PulsarBroker_(config_for(pulsar.service_url, *topics, subscription="probe"))
+        try:
+            (source,) = broker.sources
+            (msg,) = broker.receive(source, 1, 10_000)
+            assert source.topic == (one if knows else None)
+            assert msg.topic_name().startswith(topics[0])
+        finally:
+            broker.close()
 
 
 def test_handler_error_nacks_and_the_message_is_retried(pulsar: PulsarBroker) -> None:

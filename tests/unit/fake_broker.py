@@ -94,6 +94,7 @@ class FakeSource:
     """
 
     def __init__(self, *, count_redeliveries: bool = True, whole_batches: bool = False) -> None:
+        self.topic: str | None = None  # as a consumer of several topics: each message's
         self.queue: collections.deque[FakeMessage] = collections.deque()
         self.delivered: list[FakeMessage] = []
         self.whole_batches = whole_batches

@@ -285,6 +285,19 @@ def test_no_input_properties_forwards_no_empty_mapping() -> None:
     assert bare.build(FakeMessage(b"in"), b"out", 0).properties is None
 
 
+def test_a_topic_the_source_knows_is_stamped_without_asking_the_message() -> None:
+    class Mute(FakeMessage):
+        def topic_name(self) -> str:
+            raise AssertionError("asked the message for its topic")
+
+    msg = Mute(b"in", key="k", mid=FakeId(1, 2, 3))
+    out = outputs().build(msg, b"out", 0, IN)
+    assert out == plain(msg, b"out", {**stamps(FakeMessage(b"in", mid=FakeId(1, 2, 3)))})
+    box = outputs().outbox(IN)
+    box.put(0, msg, b"out")
+    assert box.outs == [out]
+
+
 def test_the_input_message_id_property_decodes_to_the_serialized_id() -> None:
     msg = FakeMessage(b"in", mid=FakeId(21, 22, 23))
     for built in (outputs().build(msg, b"o", 0), once().build(msg, b"o", 0)):
