@@ -30,6 +30,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -304,3 +305,39 @@ def first_output_after(
         if not take(timeout_s):
             raise RuntimeError(f"no output on {sink} within {timeout_s:.0f} s")
         return time.perf_counter() - began, handle
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process tree's resident memory in MB: the sum of each process's peak (VmHWM, the
+    kernel's high-water mark: no sampling misses a peak) or current (VmRSS) resident set."""
+    return sum(_status_kb(p, field) for p in tree_pids(pid)) / 1024

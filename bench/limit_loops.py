@@ -12,11 +12,14 @@
              `__pfn_input_topic__` and `__pfn_input_msg_id__` properties (base64 message id)
              and the input's key. The same work done by hand: what is left between it and
              pulsarfunc is the runtime's own cost.
+    const    stamped, but with constant property values (a topic name and a base64 message
+             id of realistic length) and the input's key: the floor for *carrying* the two
+             properties, without computing them per message.
     naive    receive one message, send_async its output with a per-message callback that
              acknowledges the input; the loop most people write first.
 
 Both copy the payload and the event time unchanged and run until SIGTERM/SIGINT.
-Usage: python limit_loops.py batched|stamped|naive SERVICE_URL INPUT OUTPUT SUBSCRIPTION
+Usage: python limit_loops.py batched|stamped|const|naive SERVICE_URL INPUT OUTPUT SUBSCRIPTION
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import _pulsar
 import pulsar
 
 _BATCH_MAX = 1000
+_CONST_TOPIC = "persistent://public/default/bench-in-0123abcd"  # as long as the bench's topics
+_CONST_MSG_ID = "CJIBEKcNGAAgAQ=="  # a base64 serialized message id of a batched message
 
 
 def _open(service_url: str, source: str, sink: str, subscription: str) -> tuple[Any, Any, Any]:
@@ -56,7 +61,9 @@ def _open(service_url: str, source: str, sink: str, subscription: str) -> tuple[
     return client, consumer, producer
 
 
-def batched(consumer: Any, producer: Any, stop: threading.Event, stamped: bool = False) -> None:
+def batched(
+    consumer: Any, producer: Any, stop: threading.Event, stamped: bool = False, const: bool = False
+) -> None:
     native_consumer, native_producer = consumer._consumer, producer._producer
     receive, send = native_consumer.receive, native_producer.send_async
     while not stop.is_set():
@@ -72,7 +79,13 @@ def batched(consumer: Any, producer: Any, stop: threading.Event, stamped: bool =
         for msg in batch:
             builder = _pulsar.MessageBuilder()
             builder.content(msg.data())
-            if stamped:
+            if const:
+                builder.property("__pfn_input_topic__", _CONST_TOPIC)
+                builder.property("__pfn_input_msg_id__", _CONST_MSG_ID)
+                key = msg.partition_key()
+                if key:
+                    builder.partition_key(key)
+            elif stamped:
                 builder.property("__pfn_input_topic__", msg.topic_name())
                 msg_id = base64.b64encode(msg.message_id().serialize()).decode("ascii")
                 builder.property("__pfn_input_msg_id__", msg_id)
@@ -114,6 +127,7 @@ def main(argv: list[str]) -> None:
     loops: dict[str, Callable[[Any, Any, threading.Event], None]] = {
         "batched": batched,
         "stamped": functools.partial(batched, stamped=True),
+        "const": functools.partial(batched, const=True),
         "naive": naive,
     }
     loop = loops[mode]

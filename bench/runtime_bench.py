@@ -71,7 +71,6 @@ INSTANCE_REQUIREMENTS = [  # what Pulsar 4.0.8's python-instance imports, at its
     "ratelimit>=2.2,<3",
 ]
 IMAGE_PREFIX = "pulsarfunc-bench"
-INSTANCE_COUNT = 30_000  # Pulsar's own instance: a few seconds at its rate
 
 
 # -- processors: what runs a function, started per run and stopped after it ----------------------
@@ -102,6 +101,19 @@ class Running:
                 self.process.wait()
         if self.container is not None:
             harness.sh("docker", "rm", "-f", self.container, check=False)
+
+    def pid(self) -> int | None:
+        """The processor's top process (a container's init, seen from the host)."""
+        if self.process is not None:
+            return self.process.pid
+        assert self.container is not None
+        found = harness.sh("docker", "inspect", "-f", "{{.State.Pid}}", self.container, check=False)
+        return int(found) if found and found.isdigit() and int(found) > 0 else None
+
+    def rss_mb(self, field: str = "VmHWM") -> float | None:
+        """The process tree's peak (VmHWM) or current (VmRSS) resident memory, in MB."""
+        pid = self.pid()
+        return None if pid is None else harness.tree_rss_mb(pid, field)
 
     def tail(self) -> str:
         if self.container is not None:
@@ -195,6 +207,12 @@ def localrun(
         return _spawn([*pulsarfunc, "run", target, *flags], workdir, env)
 
     return start
+
+
+def _traced_twin(
+    fn: str, workdir: Path, env: dict[str, str], baseline: baseline_tree.Baseline
+) -> Start:
+    return localrun(fn, None, workdir, baseline, tracing=env)
 
 
 def image(fn: str, concurrency: int | None) -> Start:
@@ -295,12 +313,34 @@ def build_images(cleanup: Cleanup, keep: bool) -> None:
 # -- measuring ----------------------------------------------------------------------------------
 
 
+def measure_image(broker: Broker, settle_s: float = 5.0) -> list[str]:
+    """The echo image's size, and its idle resident memory once started and subscribed (no
+    message yet), for issue 16."""
+    tag = f"{IMAGE_PREFIX}/echo:latest"
+    size = int(harness.sh("docker", "image", "inspect", "-f", "{{.Size}}", tag))
+    source, sink = harness.topic("idle-in"), harness.topic("idle-out")
+    running = image("echo", None)(broker, source, sink, "bench")
+    try:
+        time.sleep(settle_s)  # started, subscribed, producer open: what it holds while idle
+        idle, peak = running.rss_mb("VmRSS"), running.rss_mb("VmHWM")
+    finally:
+        running.stop()
+    return [
+        "| image (bench/fns/echo, `pulsarfunc build`) | value |",
+        "| --- | ---: |",
+        f"| size, MB | {size / 1e6:,.1f} |",
+        f"| idle RSS after start ({settle_s:g} s, no message), MB | {_fmt(idle, 1)} |",
+        f"| peak RSS over that start, MB | {_fmt(peak, 1)} |",
+    ]
+
+
 @dataclass
 class Figures:
     rates: list[float] = field(default_factory=list)
     p50s: list[float] = field(default_factory=list)
     p99s: list[float] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)  # the processor tree's peak RSS, MB
 
     @staticmethod
     def median(values: list[float]) -> float | None:
@@ -337,6 +377,9 @@ def run_once(
             broker.service_url, broker.admin_url, sink, count // per_output, timeout, running.alive
         )
         figures.rates.append(rate)
+        peak = running.rss_mb()  # the drain's peak, before the latency run adds its own
+        if peak is not None:
+            figures.rss.append(peak)
         if latency:
             p50, p99 = harness.latency(
                 broker.service_url, source, sink, settings.rate, settings.seconds
@@ -361,6 +404,11 @@ def cold_start(broker: Broker, start: Start, repeats: int) -> Figures:
 
 
 SYNC_DEFAULT = "b pulsarfunc run, sync, default concurrency"
+NO_PROPS = ", --no-input-properties"
+PULSAR_INSTANCE = "c Pulsar's Python instance"
+LIMIT, STAMPED = "a limit loop (batched)", "a limit loop, pulsarfunc's output (stamped)"
+CONST = "a limit loop, constant properties"
+IMAGE_DEFAULT = "b image, sync, default concurrency"
 WINDOW_SUM = "g pulsarfunc run, tumbling count window of 100, summed"
 ASYNC_DEFAULT = "b pulsarfunc run, async, default concurrency"
 # --tracing with every span sampled and ended, none exported: what tracing costs the instance
@@ -398,15 +446,15 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def table(results: dict[str, Figures]) -> list[str]:
     lines = [
-        "| case | msg/s (median) | runs (msg/s) | p50 ms | p99 ms | cold start s |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
+        "| case | msg/s (median) | runs (msg/s) | p50 ms | p99 ms | cold start s | peak RSS MB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, f in results.items():
         runs = " / ".join(f"{r:,.0f}" for r in f.rates)
         lines.append(
             f"| {name} | {_fmt(Figures.median(f.rates), 0)} | {runs} | "
             f"{_fmt(Figures.median(f.p50s), 2)} | {_fmt(Figures.median(f.p99s), 2)} | "
-            f"{_fmt(Figures.median(f.starts), 2)} |"
+            f"{_fmt(Figures.median(f.starts), 2)} | {_fmt(Figures.median(f.rss), 1)} |"
         )
     return lines
 
@@ -492,6 +540,58 @@ def verdicts(
     return lines
 
 
+def _round_ratios(case: Figures | None, to: Figures | None, attr: str = "rates") -> list[float]:
+    """Each round's ratio of `case` to `to` (each round runs every case: the same load)."""
+    if case is None or to is None:
+        return []
+    pairs = zip(getattr(case, attr), getattr(to, attr), strict=False)
+    return [a / b for a, b in pairs if b]
+
+
+def issue16(results: dict[str, Figures], baseline: str | None) -> list[str]:
+    """The targets of issue 16, each the median of the rounds' ratios with their spread; with
+    `baseline`, after/before for every `pulsarfunc run` case that has a twin."""
+    lines = [
+        "| target (issue 16) | median of rounds | rounds | target | verdict |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
+
+    def add(what: str, ratios: list[float], target: str, at_least: float | None) -> None:
+        value = statistics.median(ratios) if ratios else None
+        ok = None if value is None or at_least is None else value >= at_least
+        verdict = "-" if ok is None else ("PASS" if ok else "MISS")
+        spread = " / ".join(f"{r:.2f}" for r in ratios) or "-"
+        lines.append(f"| {what} | {_fmt(value, 2)} | {spread} | {target} | {verdict} |")
+
+    def ratios(case: str, to: str, attr: str = "rates") -> list[float]:
+        return _round_ratios(results.get(case), results.get(to), attr)
+
+    add("with the properties: sync default / batched limit (msg/s)", ratios(SYNC_DEFAULT, LIMIT),
+        ">= 0.8", 0.8)  # fmt: skip
+    add("without (--no-input-properties) / batched limit (msg/s)",
+        ratios(SYNC_DEFAULT + NO_PROPS, LIMIT), ">= 0.9", 0.9)  # fmt: skip
+    add("sync default / constant-property loop (msg/s): what is left", ratios(SYNC_DEFAULT, CONST),
+        "(info)", None)  # fmt: skip
+    add("constant-property loop / batched limit (msg/s): carrying them", ratios(CONST, LIMIT),
+        "(info)", None)  # fmt: skip
+    add("stamped loop / batched limit (msg/s): computing and carrying", ratios(STAMPED, LIMIT),
+        "(info)", None)  # fmt: skip
+    add("async default / sync default (msg/s)", ratios(ASYNC_DEFAULT, SYNC_DEFAULT), ">= 0.8", 0.8)
+    for case in (SYNC_DEFAULT, IMAGE_DEFAULT, ASYNC_DEFAULT, LIMIT):
+        at_most = [1 / r for r in ratios(case, PULSAR_INSTANCE, "rss") if r]  # instance / case
+        target, floor = (">= 1", 1.0) if case in (SYNC_DEFAULT, IMAGE_DEFAULT) else ("(info)", None)
+        add(f"peak RSS: Pulsar's instance / {case[2:]}", at_most, target, floor)
+    if baseline is not None:
+        prefix = f"b baseline {baseline}: "
+        for name in results:
+            if not name.startswith(prefix):
+                continue
+            twin_of = name[len(prefix) :]
+            for case in (c for c in results if c.removeprefix("b ") == twin_of):
+                add(f"after/before: {case[2:]} (msg/s)", ratios(case, name), ">= 0.95", 0.95)
+    return lines
+
+
 def _per_round_ratio(case: Figures | None, to: Figures | None) -> float | None:
     """The median of the rounds' ratios (each round runs every case: same load)."""
     if case is None or to is None or not case.rates or not to.rates:
@@ -506,7 +606,7 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--service-url", default=os.environ.get("PULSAR_SERVICE_URL"))
     parser.add_argument("--admin-url", default=os.environ.get("PULSAR_ADMIN_URL"))
-    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=int, default=500, help="latency runs: msg/s")
     parser.add_argument("--seconds", type=float, default=4.0, help="latency runs: duration")
@@ -540,19 +640,34 @@ def main(argv: Sequence[str]) -> int:
     image_name = os.environ.get("PULSAR_IMAGE") or "apachepulsar/pulsar:4.0.8"
 
     c1, dflt = 1, None  # None: the flag is not given, the runtime's default applies
-    cases: list[tuple[str, Start, dict[str, object]]] = [
-        ("a limit loop (batched)", limit_loop("batched", workdir), {}),
-        ("a limit loop, pulsarfunc's output (stamped)", limit_loop("stamped", workdir), {}),
+    cases: list[tuple[str, Start, dict[str, object]]] = []
+    # every `pulsarfunc run` case, as the baseline's twin of it would start (--baseline)
+    twins: dict[str, Callable[[baseline_tree.Baseline], Start]] = {}
+
+    def local(
+        name: str, fn: str, concurrency: int | None, options: dict[str, object], **kw: Any
+    ) -> None:
+        cases.append((name, localrun(fn, concurrency, workdir, **kw), options))
+        twins[name] = lambda b: localrun(fn, concurrency, workdir, b, **kw)
+
+    cases += [
+        (LIMIT, limit_loop("batched", workdir), {}),
+        (CONST, limit_loop("const", workdir), {}),
+        (STAMPED, limit_loop("stamped", workdir), {}),
         ("a naive loop", limit_loop("naive", workdir), {}),
-        ("b pulsarfunc run, sync, concurrency 1", localrun("echo", c1, workdir), {}),
-        (SYNC_DEFAULT, localrun("echo", dflt, workdir), {}),
-        ("b pulsarfunc run, async, concurrency 1", localrun("echo_async", c1, workdir), {}),
-        (ASYNC_DEFAULT, localrun("echo_async", dflt, workdir), {}),
+    ]
+    local("b pulsarfunc run, sync, concurrency 1", "echo", c1, {})
+    local(SYNC_DEFAULT, "echo", dflt, {})
+    local(SYNC_DEFAULT + NO_PROPS, "echo", dflt, {}, extra=["--no-input-properties"])
+    local("b pulsarfunc run, async, concurrency 1", "echo_async", c1, {})
+    local(ASYNC_DEFAULT, "echo_async", dflt, {})
+    cases += [
         ("b image, sync, concurrency 1", image("echo", c1), {}),
-        ("b image, sync, default concurrency", image("echo", dflt), {}),
+        (IMAGE_DEFAULT, image("echo", dflt), {}),
         ("b image, async, concurrency 1", image("echo_async", c1), {}),
         ("b image, async, default concurrency", image("echo_async", dflt), {}),
-        ("c Pulsar's Python instance", pulsar_instance(workdir), {"count": INSTANCE_COUNT}),
+        # the same drain as every other case: its peak RSS is the memory target's yardstick
+        (PULSAR_INSTANCE, pulsar_instance(workdir), {}),
     ]
     io_cases: dict[str, int] = {}
     for fn, kind in (("sleep_async", "async sleep"), ("sleep_sync", "blocking sleep")):
@@ -560,27 +675,30 @@ def main(argv: Sequence[str]) -> int:
             name = f"e 10 ms {kind}, concurrency {concurrency}"
             io_cases[name] = concurrency
             count = max(200, concurrency * 100 * 3)  # about 3 s at the ideal rate
-            start = localrun(fn, concurrency, workdir)
-            cases.append((name, start, {"count": count, "latency": False}))
-    cases.append(("b pulsarfunc run, sync, concurrency 16", localrun("echo", 16, workdir), {}))
-    window = localrun("window_sum", dflt, workdir, extra=["--window-length-count", "100"])
-    cases.append((WINDOW_SUM, window, {"latency": False, "inputs_per_output": 100}))
+            local(name, fn, concurrency, {"count": count, "latency": False})
+    local("b pulsarfunc run, sync, concurrency 16", "echo", 16, {})
+    window_options: dict[str, object] = {"latency": False, "inputs_per_output": 100}
+    local(WINDOW_SUM, "window_sum", dflt, window_options, extra=["--window-length-count", "100"])
     for schema in ("JSON", "AVRO"):  # issue 13: beside the bytes cases, drain only
-        start = localrun("schema_echo", dflt, workdir, schema=schema)
         options = {"latency": False, "payload": SchemaPayloads.of(schema)}
-        cases.append((f"f pulsarfunc run, {schema} schema, default concurrency", start, options))
+        name = f"f pulsarfunc run, {schema} schema, default concurrency"
+        local(name, "schema_echo", dflt, options, schema=schema)
+    local(BATCH_ECHO, "echo_batch", dflt, {})  # issue 14
     for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
         # each right after the same case without tracing, in every round
         at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
         sampled = localrun(fn, dflt, workdir, tracing=SAMPLED_ENV)
         cases.insert(at, (case + SAMPLED, sampled, {}))
         cases.insert(at, (case + TRACED, localrun(fn, dflt, workdir, tracing=TRACING_ENV), {}))
-    cases.append((BATCH_ECHO, localrun("echo_batch", dflt, workdir), {}))  # issue 14
+        for suffix, env in ((SAMPLED, SAMPLED_ENV), (TRACED, TRACING_ENV)):
+            twins[case + suffix] = functools.partial(_traced_twin, fn, workdir, env)
     if baseline is not None:  # each right after this tree's case, in every round
-        for case, fn in ((SYNC_DEFAULT, "echo"), (ASYNC_DEFAULT, "echo_async")):
+        for case, twin in twins.items():
+            if NO_PROPS in case:  # a flag the baseline may not know: no twin
+                continue
             at = 1 + next(i for i, (name, *_) in enumerate(cases) if name == case)
-            start = localrun(fn, dflt, workdir, baseline)
-            cases.insert(at, (baseline_case(baseline.short, case), start, {}))
+            options = next(o for name, _, o in cases if name == case)
+            cases.insert(at, (baseline_case(baseline.short, case), twin(baseline), options))
     cold = [
         ("d cold start: docker run", image("echo", dflt)),
         ("d cold start: pulsarfunc run", localrun("echo", dflt, workdir)),
@@ -632,6 +750,10 @@ def main(argv: Sequence[str]) -> int:
         print(f"  {name} ...", end=" ", flush=True)
         results[name] = cold_start(broker, start, settings.repeats)
         print(f"{_fmt(Figures.median(results[name].starts), 2)} s", flush=True)
+    image_facts: list[str] = []
+    if IMAGE_DEFAULT in wanted:
+        image_facts = measure_image(broker)
+        print("\n".join(image_facts), flush=True)
 
     header = [
         "# Runtime benchmark",
@@ -640,16 +762,24 @@ def main(argv: Sequence[str]) -> int:
         f"{platform.python_implementation()} {platform.python_version()}, broker "
         f"{harness.admin_get(broker.admin_url, '/admin/v2/brokers/version')} "
         f"({'given' if args.service_url else 'started here'}); {settings.messages:,} messages "
-        f"of {harness.PAYLOAD_BYTES} bytes per throughput run (Pulsar's instance: "
-        f"{min(INSTANCE_COUNT, settings.messages):,}), latency at {settings.rate} msg/s for "
-        f"{settings.seconds:g} s; median of {settings.repeats}; "
+        f"of {harness.PAYLOAD_BYTES} bytes per throughput run, latency at {settings.rate} msg/s "
+        f"for {settings.seconds:g} s; median of {settings.repeats}; "
         f"{time.monotonic() - began:.0f} s in all.",
         "",
     ]
     io_run = {k: v for k, v in io_cases.items() if k in results}
     short = baseline.short if baseline is not None else None
     text = "\n".join(
-        [*header, *table(results), "", *verdicts(results, default_concurrency, io_run, short)]
+        [
+            *header,
+            *table(results),
+            "",
+            *verdicts(results, default_concurrency, io_run, short),
+            "",
+            *issue16(results, short),
+            "",
+            *image_facts,
+        ]
     )
     text += "\n"
     print()
