@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
 from google.protobuf import descriptor, json_format
 
 from pulsarfunc.protos import Function_pb2 as pb
@@ -303,6 +302,8 @@ def function_config_settings(path: str, source: str) -> Settings:
             f"{source}: cannot read function config {path!r}: {reason}",
             hint="pass the path of a pulsar-admin function-config YAML file",
         ) from None
+    import yaml  # here: only a function config needs it (a megabyte resident otherwise)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -23,7 +23,6 @@ Both Pulsar forms decode and encode with Pulsar's default serde (IdentitySerDe),
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -158,6 +157,8 @@ async def _awaited(awaitable: Any) -> Any:
 def sync_result(result: Any) -> Any:
     """A sync handler's result; a coroutine (a sync wrapper around async code) is run first."""
     if type(result) not in NOT_AWAITABLE and inspect.isawaitable(result):
+        import asyncio  # only here: a sync function never loads it
+
         return asyncio.run(_awaited(result))
     return result
 

@@ -39,7 +39,6 @@ from pulsarfunc.runtime.engine import (
     keyed,
     ordered,
 )
-from pulsarfunc.runtime.engine_async import AsyncEngine
 from pulsarfunc.runtime.engine_batch import BatchEngine
 from pulsarfunc.runtime.engine_batching import BatchingEngine, batch_concurrency, batched
 from pulsarfunc.runtime.engine_ordered import OrderedEngine
@@ -73,6 +72,8 @@ def choose_engine(core: Core, handler: Handler) -> Engine:
     if ordered(core.config):
         return OrderedEngine(core, lanes=1)
     if handler.is_async:
+        from pulsarfunc.runtime.engine_async import AsyncEngine  # asyncio: only async handlers
+
         return AsyncEngine(core, keyed=keyed(core.config))
     if keyed(core.config) and core.concurrency > 1:
         return OrderedEngine(core, lanes=core.concurrency)

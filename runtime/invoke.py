@@ -33,25 +33,29 @@ bytes in as bytes.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextvars
 import inspect
 import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulsarfunc.runtime import context as ctxmod
 from pulsarfunc.runtime.codec import Codec, RawCodec
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.context import Context, Cursor
-from pulsarfunc.runtime.errors import HandlerCancelledError
+from pulsarfunc.runtime.errors import HandlerCancelledError, asyncio_cancelled
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.naming import strip_partition
 from pulsarfunc.runtime.schemas import Wire, wire_for
 from pulsarfunc.runtime.timeouts import MAX_LATE_CALLS, HandlerThreads, iterate, within
 from pulsarfunc.runtime.transport import InMessage
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported where an async handler needs it: a sync handler runs without it.
 
 Put = Callable[[int, InMessage, Any], None]
 """Takes one output: (index of the message in its group, the message, the output value)."""
@@ -148,7 +152,7 @@ class Invoker:
     def _outputs(self, ctx: Context, value: Any) -> list[Any]:
         try:
             return self._collect(self._call(ctx, value))
-        except asyncio.CancelledError as exc:
+        except asyncio_cancelled() as exc:
             raise handler_cancelled() from exc
 
     def _collect(self, result: Any) -> list[Any]:
@@ -165,7 +169,7 @@ class Invoker:
         token = ctxmod.bind(ctx)
         try:
             return await self._outputs_async(ctx, value)
-        except asyncio.CancelledError as exc:
+        except asyncio_cancelled() as exc:
             raise _cancelled(exc) from exc
         finally:
             ctxmod.unbind(token)
@@ -196,7 +200,7 @@ class Invoker:
             else:
                 for out in await self._outputs_async(ctx, value):
                     put(out)
-        except asyncio.CancelledError as exc:
+        except asyncio_cancelled() as exc:
             fail(_cancelled(exc))  # re-raised if the engine cancels the call
         except Exception as exc:
             fail(exc)
@@ -204,6 +208,8 @@ class Invoker:
             ctxmod.unbind(token)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio  # only for async handlers
+
         loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
         if loop is None:
             loop = self._loops.loop = asyncio.new_event_loop()
@@ -252,15 +258,17 @@ class Invoker:
                 fail(index, exc)
                 if stop_at_failure:
                     return
-            except asyncio.CancelledError:
+            except asyncio_cancelled():
                 fail(index, handler_cancelled())
                 if stop_at_failure:
                     return
 
 
-def _cancelled(exc: asyncio.CancelledError) -> HandlerCancelledError:
+def _cancelled(exc: BaseException) -> HandlerCancelledError:
     """The failure a handler's own CancelledError is; the engine's cancellation of the call
     (the instance gave it up at the stop) is raised on, as a cancellation."""
+    import asyncio  # loaded already: something raised its CancelledError
+
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)  # Python 3.11+
     if cancelling is not None and cancelling():
@@ -279,6 +287,8 @@ def handler_cancelled() -> HandlerCancelledError:
 def _run(awaitable: Awaitable[Any]) -> Any:
     """Await what a sync handler returned, on an event loop of its own (on a thread of its own
     when this thread runs a loop already, e.g. `pulsarfunc.testing` in an async test)."""
+
+    import asyncio  # only for what returns an awaitable
 
     async def awaited() -> Any:
         return await awaitable

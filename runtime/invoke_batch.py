@@ -19,13 +19,13 @@ settled first, and the items after it are called again behind it, in a later bat
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from pulsarfunc.runtime.batching import BatchItemError, BatchItemFailures, BatchResultError
 from pulsarfunc.runtime.config import FunctionConfig
 from pulsarfunc.runtime.context import Context, Cursor
+from pulsarfunc.runtime.errors import asyncio_cancelled
 from pulsarfunc.runtime.handler import Handler
 from pulsarfunc.runtime.invoke import Fail, Invoker, Put, handler_cancelled
 from pulsarfunc.runtime.schemas import Wire
@@ -105,7 +105,7 @@ class BatchInvoker(Invoker):
         cursor the group runner bound)."""
         try:
             return self._collect(plain(values))
-        except asyncio.CancelledError as exc:
+        except asyncio_cancelled() as exc:
             raise handler_cancelled() from exc
 
     def call_each(

@@ -72,7 +72,6 @@ def run(
     """
     from pulsarfunc.runtime.broker import PulsarBroker
     from pulsarfunc.runtime.engine_batching import batched
-    from pulsarfunc.runtime.exposition import serving
     from pulsarfunc.runtime.instance import Instance
     from pulsarfunc.runtime.logtopic import publishing_logs
     from pulsarfunc.runtime.metrics import Metrics
@@ -99,7 +98,11 @@ def run(
     with contextlib.ExitStack() as ops:  # closes in reverse: attached, log topic, broker, spans
         if tracing is not None:
             ops.callback(tracing.close)  # the last spans are exported before the process exits
-        server = ops.enter_context(serving(config, metrics))  # probes answer while we connect
+        server = None
+        if config.metrics_port is not None:  # prometheus_client is 5 MB resident: only then
+            from pulsarfunc.runtime.exposition import serving
+
+            server = ops.enter_context(serving(config, metrics))  # probes answer as we connect
         state = open_state(config)  # unreachable: the start fails here, with the reason
         broker = PulsarBroker(config, wire)
         ops.callback(broker.close)

@@ -13,14 +13,16 @@ dead-letter topic and acks work exactly as for other failures.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextvars
 import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio  # the async deadlines import it when called: sync handlers never load it
 
 MAX_LATE_CALLS = 16  # sync calls still running past their deadline before new ones are refused
 
@@ -39,6 +41,8 @@ async def within(awaitable: Awaitable[_T], timeout_s: float, limit_s: float | No
     and a handler that ignores the cancellation is not waited for. `limit_s` is the configured
     timeout named in the error (default `timeout_s`).
     """
+    import asyncio
+
     task = asyncio.ensure_future(awaitable)
     done, _ = await asyncio.wait({task}, timeout=max(0.0, timeout_s))
     if not done:
@@ -55,6 +59,8 @@ def _discard(task: asyncio.Future[Any]) -> None:
 
 async def iterate(outputs: AsyncIterator[_T], timeout_s: float) -> AsyncIterator[_T]:
     """The items of an async iterator, all of them within one deadline."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
