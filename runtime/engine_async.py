@@ -1,6 +1,7 @@
 """The async engine: async handlers on one event loop, up to --concurrency messages at once.
 
-    receiver thread per source --(batches; one wake-up of the loop for all waiting)--> loop
+    receiver thread per source --(the first batch after a lull)--> event loop, which then
+        takes the next batches itself while messages keep coming (`_Feed`)
     one task per batch: each message's coroutine driven in it while messages complete without
         waiting; the first that waits keeps the task, the rest get a task each (`_run_all`)
     a message: Context -> Invoker.process_async -> outputs queued
