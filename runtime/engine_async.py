@@ -302,7 +302,8 @@ class AsyncEngine:
             await waiter
         except asyncio.CancelledError:
             if waiter.cancelled():
-                self._slot_waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # `_give_slot` may have dropped it
+                    self._slot_waiters.remove(waiter)
             else:  # handed a slot, then cancelled: it goes on to the next
                 self._give_slot()
             raise
