@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from fake_broker import FakeBroker, FakeMessage
-from test_instance import payloads, started
+from test_instance import overlap_probe, payloads, started
 from waiting import wait_for
 
 
@@ -121,17 +121,8 @@ def test_a_loop_short_of_room_goes_on_once_room_frees() -> None:
     than the limit are ever in flight."""
     broker = FakeBroker()
     sent = feed(broker, 120)
-    running, peak = 0, 0
-
-    async def slow(text: str) -> str:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.001)
-        running -= 1
-        return text
-
+    slow, seen = overlap_probe(0.001)
     with started(slow, broker, receiver_queue_size=2, concurrency=2):
         wait_for(lambda: len(broker.sources[0].acked) == 120)
     assert sorted(payloads(broker)) == sorted(sent)
-    assert peak <= 2
+    assert seen["peak"] == 2

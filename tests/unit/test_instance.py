@@ -234,23 +234,27 @@ def test_generator_outputs_all_sent_before_the_ack() -> None:
     assert payloads(broker) == [b"a", b"b", b"c"]
 
 
+def overlap_probe(delay_s: float) -> tuple[Callable[[str], Any], dict[str, int]]:
+    """An async echo that waits `delay_s`, and its record of how many calls ran at once."""
+    seen = {"running": 0, "peak": 0}
+
+    async def slow(text: str) -> str:
+        seen["running"] += 1
+        seen["peak"] = max(seen["peak"], seen["running"])
+        await asyncio.sleep(delay_s)
+        seen["running"] -= 1
+        return text
+
+    return slow, seen
+
+
 def test_async_handler_runs_messages_concurrently() -> None:
     broker = FakeBroker()
     broker.feed(*(FakeMessage(f"{i}".encode()) for i in range(20)))
-    running = 0
-    peak = 0
-
-    async def slow(text: str) -> str:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.02)
-        running -= 1
-        return text
-
+    slow, seen = overlap_probe(0.02)
     with started(slow, broker, concurrency=8):
         wait_for(lambda: len(broker.sources[0].acked) == 20)
-    assert peak == 8
+    assert seen["peak"] == 8
 
 
 def test_same_key_never_runs_twice_at_once_with_key_shared() -> None:
